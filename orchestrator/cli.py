@@ -1,0 +1,290 @@
+"""The `referloop` command.
+
+Exit codes: 0 when all is well, 1 when playbooks have errors (or the command's work
+failed), 2 when the command was called wrongly or a setting is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.json import JSON
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator import preview as previews
+from orchestrator import schema as schemas
+from orchestrator.errors import ConfigurationError, PlaybookError, ReferloopError
+from orchestrator.loader import Catalog, LoadedPlaybook, load
+from orchestrator.problems import Problem
+from orchestrator.tokens import KEYS_SETTING, InviteSigner
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+DEFAULT_PLAYBOOKS = Path("playbooks")
+
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="referloop")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens, to stderr.")
+def cli(verbose: bool) -> None:
+    """referloop runs B2B referral loops declared in YAML playbooks."""
+    level = logging.INFO if verbose else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="`json` for tools, `github` for GitHub Actions annotations.",
+)
+@click.option("--strict", is_flag=True, help="Fail on warnings too.")
+def lint(paths: tuple[Path, ...], output: str, strict: bool) -> None:
+    """Check playbooks and the workspace file; report every problem at its line.
+
+    PATHS are files or folders (default: playbooks/).
+    """
+    catalog = load(list(paths) or [DEFAULT_PLAYBOOKS])
+    problems = sorted(catalog.problems, key=_reading_order)
+    if output == "json":
+        click.echo(json.dumps(_lint_json(catalog, problems), indent=2))
+    elif output == "github":
+        for problem in problems:
+            click.echo(_annotation(problem))
+    else:
+        _print_lint(catalog, problems)
+
+    failed = catalog.has_errors or (strict and bool(problems))
+    sys.exit(EXIT_PROBLEMS if failed else EXIT_OK)
+
+
+@cli.command()
+@click.argument("playbook")
+@click.option(
+    "--user",
+    "user_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML or JSON with `user`, `account` and `event` fields to render with.",
+)
+@click.option(
+    "--sample", is_flag=True, help="Render with the workspace's sample fields."
+)
+@click.option(
+    "--step", default="nudge", show_default=True, help="`nudge` or a reinforcement."
+)
+@click.option("--channel", "channel_name", help="Preview a fallback channel instead.")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+def preview(
+    playbook: str,
+    user_file: Path | None,
+    sample: bool,
+    step: str,
+    channel_name: str | None,
+    output: str,
+) -> None:
+    """Show a nudge as the vendor would receive it and the recipient would read it.
+
+    PLAYBOOK is a playbook file, or the id of one in playbooks/. Nothing is sent.
+    """
+    if user_file is not None and sample:
+        _usage("give --user FILE or --sample, not both")
+    loaded, catalog = _find(playbook)
+    data = previews.sample(catalog.workspace, loaded.playbook, step)
+    if user_file is not None:
+        data = previews.read_sample(user_file, data)
+
+    signer = _signer()
+    built = previews.build(
+        loaded.playbook,
+        catalog.workspace,
+        data,
+        signer,
+        step=step,
+        channel_name=channel_name,
+    )
+    if output == "json":
+        click.echo(json.dumps(built.as_dict(), indent=2, default=str))
+    else:
+        _print_preview(built, loaded)
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["playbook", "workspace"]), required=False)
+@click.option(
+    "--write",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write both schemas into this folder (e.g. schema/).",
+)
+def schema(kind: str | None, folder: Path | None) -> None:
+    """Print the JSON Schema of playbooks (or of the workspace file)."""
+    if folder is not None:
+        for written in schemas.write(folder):
+            click.echo(f"wrote {written}")
+        return
+    click.echo(schemas.render(kind or "playbook"), nl=False)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the command; a user's mistake prints one `error:` line, no traceback."""
+    try:
+        cli.main(args=argv, prog_name="referloop", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted", EXIT_PROBLEMS)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PlaybookError as exc:
+        for problem in sorted(exc.problems, key=_reading_order):
+            errors.print(f"error: {problem}", markup=False)
+        sys.exit(EXIT_PROBLEMS)
+    except ConfigurationError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except ReferloopError as exc:
+        _fail(str(exc), EXIT_PROBLEMS)
+    sys.exit(EXIT_OK)
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _find(name: str) -> tuple[LoadedPlaybook, Catalog]:
+    path = Path(name)
+    if not path.is_file():
+        path = DEFAULT_PLAYBOOKS / f"{name}.yaml"
+    if not path.is_file():
+        _usage(f"no playbook file or id `{name}`")
+
+    catalog = load([path])
+    problems = [p for p in catalog.problems if p.is_error]
+    if problems or not catalog.playbooks:
+        raise PlaybookError(problems)
+    return catalog.playbooks[0], catalog
+
+
+def _signer() -> InviteSigner:
+    if os.environ.get(KEYS_SETTING):
+        return InviteSigner.from_env()
+    return InviteSigner.throwaway()
+
+
+def _reading_order(problem: Problem) -> tuple[str, int, int]:
+    return (str(problem.path), problem.position.line, problem.position.column)
+
+
+def _lint_json(catalog: Catalog, problems: list[Problem]) -> dict[str, Any]:
+    return {
+        "playbooks": [
+            {"id": p.playbook.id, "path": str(p.path)} for p in catalog.playbooks
+        ],
+        "skipped": [str(path) for path in catalog.skipped],
+        "problems": [problem.as_dict() for problem in problems],
+        "errors": sum(problem.is_error for problem in problems),
+        "warnings": sum(not problem.is_error for problem in problems),
+    }
+
+
+def _annotation(problem: Problem) -> str:
+    level = "error" if problem.is_error else "warning"
+    where = f"file={problem.path},line={problem.position.line}"
+    message = problem.message.replace("%", "%25").replace("\n", "%0A")
+    return f"::{level} {where},col={problem.position.column}::{message}"
+
+
+def _print_lint(catalog: Catalog, problems: list[Problem]) -> None:
+    for problem in problems:
+        style = "red" if problem.is_error else "yellow"
+        line = Text(
+            f"{problem.path}:{problem.position.line}:{problem.position.column}: "
+        )
+        line.append(("" if problem.is_error else "warning: ") + problem.message, style)
+        console.print(line)
+    if catalog.playbooks:
+        console.print(_playbook_table(catalog))
+    console.print(_summary(catalog, problems))
+
+
+def _playbook_table(catalog: Catalog) -> Table:
+    table = Table(title="Playbooks", title_justify="left", box=None, pad_edge=False)
+    for column in ("id", "trigger", "channels", "holdout", "reward", "status"):
+        table.add_column(column, overflow="fold")
+    for loaded in sorted(catalog.playbooks, key=lambda p: -p.playbook.priority):
+        playbook = loaded.playbook
+        reward = playbook.reward
+        table.add_row(
+            playbook.id,
+            playbook.trigger.source,
+            " > ".join(playbook.nudge.channels()),
+            f"{playbook.holdout:g}%",
+            reward.earned_on if reward else "-",
+            "enabled" if playbook.enabled else "disabled",
+        )
+    return table
+
+
+def _summary(catalog: Catalog, problems: list[Problem]) -> Text:
+    error_count = sum(p.is_error for p in problems)
+    warning_count = len(problems) - error_count
+    skipped = ", ".join(path.name for path in catalog.skipped)
+    text = Text(f"{len(catalog.playbooks)} playbook(s) loaded")
+    if catalog.skipped:
+        text.append(f", {len(catalog.skipped)} skipped ({skipped})", "red")
+    text.append(f"; {error_count} error(s), {warning_count} warning(s)")
+    return text
+
+
+def _print_preview(built: previews.Preview, loaded: LoadedPlaybook) -> None:
+    request = built.request
+    title = f"{built.playbook_id} · {built.step} · {built.channel}"
+    console.print(Text(title, style="bold"))
+    console.print(f"delivery key {built.nudge.delivery_key}  (from {loaded.path})")
+
+    sent = Text(f"{request.method} {request.url}\n", style="bold")
+    for name, value in request.headers.items():
+        sent.append(f"{name}: {value}\n")
+    console.print(Panel(sent, title="What the vendor receives", title_align="left"))
+    console.print(JSON(json.dumps(request.json, default=str)))
+
+    read = Text(overflow="fold")
+    if built.nudge.subject:
+        read.append(f"Subject: {built.nudge.subject}\n\n", style="bold")
+    read.append(built.nudge.body.rstrip() + "\n")
+    console.print(Panel(read, title="What the recipient reads", title_align="left"))
+    console.print(Text("Invite link: ", style="bold") + Text(built.invite_link))
+    console.print(Text("Trust: ", style="bold") + Text(built.trust))
+    if built.signed_with_throwaway_key:
+        note = f"signed with a throwaway key: set {KEYS_SETTING} to sign for real"
+        console.print(Text(note, style="dim"))
+
+
+def _usage(message: str) -> NoReturn:
+    _fail(message, EXIT_USAGE)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    errors.print(f"error: {message}", markup=False)
+    sys.exit(code)
