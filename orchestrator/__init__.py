@@ -1,0 +1,30 @@
+"""The referloop engine: the playbook language, its loader and the command line.
+
+This package's top level holds only the error tree and problems, which the vendor
+adapters in `integrations` import too; import the rest from its module
+(`orchestrator.loader.load`, `orchestrator.model.Playbook`).
+"""
+
+from orchestrator.errors import (
+    AmbiguousError,
+    ConfigurationError,
+    PermanentError,
+    PlaybookError,
+    ReferloopError,
+    TransientError,
+    VendorError,
+)
+from orchestrator.problems import Position, Problem, Severity
+
+__all__ = [
+    "AmbiguousError",
+    "ConfigurationError",
+    "PermanentError",
+    "PlaybookError",
+    "Position",
+    "Problem",
+    "ReferloopError",
+    "Severity",
+    "TransientError",
+    "VendorError",
+]

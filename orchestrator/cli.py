@@ -230,18 +230,18 @@ def _print_lint(catalog: Catalog, problems: list[Problem]) -> None:
 
 def _playbook_table(catalog: Catalog) -> Table:
     table = Table(title="Playbooks", title_justify="left", box=None, pad_edge=False)
-    for column in ("id", "trigger", "channels", "holdout", "reward", "status"):
+    for column in ("id", "priority", "trigger", "channels", "holdout", "reward on"):
         table.add_column(column, overflow="fold")
     for loaded in sorted(catalog.playbooks, key=lambda p: -p.playbook.priority):
         playbook = loaded.playbook
         reward = playbook.reward
         table.add_row(
-            playbook.id,
-            playbook.trigger.source,
+            playbook.id if playbook.enabled else f"{playbook.id} (disabled)",
+            str(playbook.priority),
+            playbook.trigger.source.removeprefix("event:"),
             " > ".join(playbook.nudge.channels()),
             f"{playbook.holdout:g}%",
-            reward.earned_on if reward else "-",
-            "enabled" if playbook.enabled else "disabled",
+            reward.earned_on.removeprefix("invitee_") if reward else "-",
         )
     return table
 
