@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from integrations.registry import channel_names, reference_models
 from orchestrator import templates
-from orchestrator.model import SIGN_UP_EVENTS, Playbook, Workspace
+from orchestrator.model import Playbook, Workspace, is_sign_up
 from orchestrator.problems import Position, Problem, Severity, did_you_mean
 from orchestrator.units import Cap
 from orchestrator.yamlsource import Document, Path_
@@ -55,21 +55,28 @@ def check_playbook(
     playbook: Playbook,
     document: Document,
     text: str,
-    workspace: Workspace,
+    workspace: Workspace | None,
     path: Path,
 ) -> list[Problem]:
-    """Every problem of one playbook that its shape alone does not show."""
+    """Every problem of one playbook that its shape alone does not show.
+
+    With no usable workspace (its file is broken and reported), the checks that
+    depend on it are left out.
+    """
     where = _Where(path, document, text)
-    problems = _check_activation(playbook, workspace, where)
-    problems += _check_conditions(playbook, where)
-    problems += _check_caps(playbook, workspace, where)
-    problems += _check_hours(playbook, workspace, where)
+    problems = _check_conditions(playbook, where)
+    problems += _check_reinforcement(playbook, where)
+    problems += _check_caps(playbook, where)
     problems += _check_holdout(playbook, where)
+    if workspace is not None:
+        problems += _check_activation(playbook, workspace, where)
+        problems += _global_caps(playbook, workspace, where)
+        problems += _check_hours(playbook, workspace, where)
     return problems
 
 
 def check_document(
-    document: Document, text: str, workspace: Workspace, path: Path
+    document: Document, text: str, workspace: Workspace | None, path: Path
 ) -> list[Problem]:
     """Channel and template problems, found even when the shape is wrong elsewhere.
 
@@ -81,7 +88,7 @@ def check_document(
     problems: list[Problem] = []
     for prefix, nudge in _raw_nudges(data):
         problems += _check_channels(nudge, prefix, where)
-        scope = _scope(data, prefix, workspace)
+        scope = _scope(data, prefix, workspace or Workspace())
         problems += _check_templates(nudge, prefix, scope, where)
     return problems
 
@@ -251,7 +258,7 @@ def _check_activation(
         return []
 
     at = ("activation", "skip")
-    if playbook.trigger.event in SIGN_UP_EVENTS:
+    if is_sign_up(playbook.trigger.event):
         message = (
             f"this playbook would ask at sign-up (`{playbook.trigger.event}`) with no "
             "activation gate; gate it with `activation: {property: ...}` or trigger "
@@ -288,12 +295,26 @@ def _check_conditions(playbook: Playbook, where: _Where) -> list[Problem]:
     return problems
 
 
+def _check_reinforcement(playbook: Playbook, where: _Where) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for index, step in enumerate(playbook.reinforcement):
+        if step.on in seen:
+            message = (
+                f"a second reinforcement on `{step.on}`; merge the two steps, or use "
+                "another event"
+            )
+            problems.append(
+                where.error(("reinforcement", index, "on"), message, "step")
+            )
+        seen.add(step.on)
+    return problems
+
+
 # --- caps, hours, holdout --------------------------------------------------------
 
 
-def _check_caps(
-    playbook: Playbook, workspace: Workspace, where: _Where
-) -> list[Problem]:
+def _check_caps(playbook: Playbook, where: _Where) -> list[Problem]:
     limits = playbook.limits
     problems = _caps_of_one_level(limits.per_user, ("limits", "per_user"), where)
     problems += _caps_of_one_level(limits.per_account, ("limits", "per_account"), where)
@@ -304,7 +325,6 @@ def _check_caps(
         "per account",
         where,
     )
-    problems += _global_caps(playbook, workspace, where)
 
     if playbook.reward is not None:
         caps = playbook.reward.caps
@@ -325,6 +345,9 @@ def _caps_of_one_level(caps: Sequence[Cap], at: Path_, where: _Where) -> list[Pr
             message = f"`{cap}` never allows a send; use `enabled: false` to pause"
             problems.append(where.error((*at, index), message, "cap"))
     for (i, a), (j, b) in combinations(enumerate(caps), 2):
+        if a == b:
+            problems.append(where.error((*at, j), f"`{b}` is listed twice", "cap"))
+            continue
         for index, loose, strict in ((i, a, b), (j, b, a)):
             if loose != strict and loose.never_binds_beside(strict):
                 message = _contradiction(loose, strict, "beside it")
@@ -359,7 +382,8 @@ def _global_caps(
     )
     for name, local, shared in pairs:
         for index, cap in enumerate(local):
-            strict = next((s for s in shared if cap.never_binds_beside(s)), None)
+            stricter = (s for s in shared if s != cap and cap.never_binds_beside(s))
+            strict = next(stricter, None)
             if strict is None:
                 continue
             message = (

@@ -23,7 +23,12 @@ from rich.text import Text
 
 from orchestrator import preview as previews
 from orchestrator import schema as schemas
-from orchestrator.errors import ConfigurationError, PlaybookError, ReferloopError
+from orchestrator.errors import (
+    ConfigurationError,
+    PlaybookError,
+    ReferloopError,
+    UsageError,
+)
 from orchestrator.loader import Catalog, LoadedPlaybook, load
 from orchestrator.problems import Problem
 from orchestrator.tokens import KEYS_SETTING, InviteSigner
@@ -162,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         for problem in sorted(exc.problems, key=_reading_order):
             errors.print(f"error: {problem}", markup=False)
         sys.exit(EXIT_PROBLEMS)
-    except ConfigurationError as exc:
+    except (ConfigurationError, UsageError) as exc:
         _fail(str(exc), EXIT_USAGE)
     except ReferloopError as exc:
         _fail(str(exc), EXIT_PROBLEMS)

@@ -3,6 +3,8 @@
 ReferloopError
 ├── PlaybookError        the playbook author: file, line, what to write instead
 ├── ConfigurationError   the operator: the name of a missing or bad setting
+├── UsageError           the person at the command line: what to ask for instead
+├── TemplateError        a template that failed to render for one recipient
 └── VendorError          a vendor's answer, mapped once at the adapter boundary
     ├── TransientError   try again later (timeouts, 5xx, 429), maybe after retry_after_s
     ├── PermanentError   do not try again (other 4xx), with the status
@@ -32,6 +34,18 @@ class PlaybookError(ReferloopError):
 
 class ConfigurationError(ReferloopError):
     """A setting is missing or unusable; the message names it, never its value."""
+
+
+class UsageError(ReferloopError):
+    """A command asked for something that does not exist, such as an unknown step."""
+
+
+class TemplateError(ReferloopError):
+    """A Liquid template failed to render for one recipient's data.
+
+    Only that delivery fails; the message names the playbook and the field, never
+    the data that was rendered.
+    """
 
 
 class VendorError(ReferloopError):

@@ -12,12 +12,20 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import checks
-from orchestrator.model import Playbook, Workspace
+from orchestrator.model import (
+    PATTERN_HINTS,
+    REMOVED_IN,
+    RENAMED_KEYS,
+    Playbook,
+    Workspace,
+    members_of,
+    model_at,
+)
 from orchestrator.problems import START, Problem, Severity, did_you_mean
 from orchestrator.yamlsource import Document, Path_, YamlProblem, parse
 
@@ -25,18 +33,6 @@ logger = logging.getLogger(__name__)
 
 WORKSPACE_FILE = "referloop.yaml"
 SUFFIXES = (".yaml", ".yml")
-REMOVED_IN = "0.4"
-# Earlier spellings that still load, with a warning: (where, old key, new key).
-RENAMED_KEYS: tuple[tuple[tuple[str, ...], str, str], ...] = (
-    ((), "holdout_percent", "holdout"),
-    (("nudge",), "fallbacks", "fallback"),
-    (("reinforcement", "*", "nudge"), "fallbacks", "fallback"),
-    (("nudge",), "trust_note", "trust"),
-    (("reinforcement", "*", "nudge"), "trust_note", "trust"),
-    (("reward",), "earned_when", "earned_on"),
-    (("limits",), "quiet", "quiet_hours"),
-)
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -56,6 +52,7 @@ class Catalog:
 
     workspace: Workspace
     workspace_path: Path | None
+    workspace_is_valid: bool = True
     playbooks: list[LoadedPlaybook] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
@@ -91,10 +88,13 @@ def load(paths: Sequence[Path]) -> Catalog:
     workspace_path, playbook_paths = discover(paths)
     catalog = Catalog(Workspace(), workspace_path)
     if workspace_path is not None:
-        catalog.workspace = _load_workspace(workspace_path, catalog.problems)
+        workspace = _load_workspace(workspace_path, catalog.problems)
+        catalog.workspace = workspace or Workspace()
+        catalog.workspace_is_valid = workspace is not None
 
+    known = catalog.workspace if catalog.workspace_is_valid else None
     for path in playbook_paths:
-        loaded, problems = load_playbook(path, catalog.workspace)
+        loaded, problems = load_playbook(path, known)
         catalog.problems += problems
         if loaded is None:
             catalog.skipped.append(path)
@@ -108,9 +108,13 @@ def load(paths: Sequence[Path]) -> Catalog:
 
 
 def load_playbook(
-    path: Path, workspace: Workspace
+    path: Path, workspace: Workspace | None
 ) -> tuple[LoadedPlaybook | None, list[Problem]]:
-    """Load one playbook file; None with the problems when it cannot be used."""
+    """Load one playbook file; None with the problems when it cannot be used.
+
+    `workspace` is None when the workspace file is broken: the checks that depend
+    on it are left out rather than reported wrongly.
+    """
     document, text, problems = _read(path)
     if document is None:
         return None, problems
@@ -127,13 +131,12 @@ def load_playbook(
     return LoadedPlaybook(playbook, path, document, text), problems
 
 
-def _load_workspace(path: Path, problems: list[Problem]) -> Workspace:
+def _load_workspace(path: Path, problems: list[Problem]) -> Workspace | None:
     document, _, read_problems = _read(path)
     problems += read_problems
     if document is None:
-        return Workspace()
-    workspace = _validate(Workspace, document, path, problems)
-    return workspace if workspace is not None else Workspace()
+        return None
+    return _validate(Workspace, document, path, problems)
 
 
 def _read(path: Path) -> tuple[Document | None, str, list[Problem]]:
@@ -213,16 +216,17 @@ def _explain(
     exc: ValidationError, model: type[BaseModel], document: Document, path: Path
 ) -> list[Problem]:
     plain: list[Problem] = []
-    unions: dict[Path_, list[tuple[Path_, Problem]]] = {}
+    unions: dict[Path_, list[_Tried]] = {}
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
         located = document.locate(loc)
         problem = _explain_one(error, loc, located, model, document, path)
-        branch = _union_point(loc, located, document)
+        branch = _union_point(loc, document)
         if branch is None:
             plain.append(problem)
         else:
-            unions.setdefault(branch, []).append((located, problem))
+            tried = _Tried(located, problem, error["type"] == "value_error")
+            unions.setdefault(branch, []).append(tried)
 
     for branch, members in unions.items():
         plain += _pick_union_problems(branch, members, model, document, path)
@@ -241,9 +245,16 @@ def _without_echoes(problems: list[Problem]) -> set[Problem]:
     }
 
 
-def _union_point(
-    loc: tuple[Any, ...], located: Path_, document: Document
-) -> Path_ | None:
+@dataclass(frozen=True)
+class _Tried:
+    """One member of a union that did not fit, and what it said."""
+
+    located: Path_
+    problem: Problem
+    said_why: bool
+
+
+def _union_point(loc: tuple[Any, ...], document: Document) -> Path_ | None:
     """Where a union was tried, when `loc` names a member type rather than a key."""
     path: Path_ = ()
     for part in loc:
@@ -259,15 +270,23 @@ def _union_point(
 
 def _pick_union_problems(
     branch: Path_,
-    members: list[tuple[Path_, Problem]],
+    members: list[_Tried],
     model: type[BaseModel],
     document: Document,
     path: Path,
 ) -> list[Problem]:
-    deeper = [problem for located, problem in members if len(located) > len(branch)]
+    """One clear problem for a value that fit none of the forms a key allows.
+
+    The member that got deepest into the value, or else one that said why it
+    refused it, speaks; otherwise the key's description does.
+    """
+    deeper = [m.problem for m in members if len(m.located) > len(branch)]
     if deeper:
         return deeper
-    description = _field_description(model, branch) or "see the playbook guide"
+    reasons = [m.problem for m in members if m.said_why]
+    if reasons:
+        return reasons[:1]
+    description = _field_description(model, branch) or "see docs/playbooks.md"
     message = f"this value does not fit here: {description}"
     return [Problem(path, document.position(branch), message, code="shape")]
 
@@ -308,7 +327,9 @@ def _value_message(error: Any, kind: str, description: str | None) -> str:
         hint = did_you_mean(str(given), choices) or ""
         return f"`{given}` is not allowed here{hint}; write one of {', '.join(choices)}"
     if kind == "string_pattern_mismatch":
-        return f"`{given}` is not written as expected: {description or 'see the guide'}"
+        pattern = error.get("ctx", {}).get("pattern")
+        hint = PATTERN_HINTS.get(pattern) or description or "see docs/playbooks.md"
+        return f"`{given}` is not written as expected: {hint}"
     if kind in _TYPE_WORDS:
         return _TYPE_WORDS[kind]
     message = str(error.get("msg", "not valid"))
@@ -320,7 +341,7 @@ def _one_of(allowed: list[str]) -> str:
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    target = _model_at(model, loc)
+    target = model_at(model, loc)
     if target is None:
         return []
     return [info.alias or name for name, info in target.model_fields.items()]
@@ -329,7 +350,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def _field_description(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     if not loc:
         return None
-    parent = _model_at(model, loc[:-1])
+    parent = model_at(model, loc[:-1])
     if parent is None:
         return None
     for name, info in parent.model_fields.items():
@@ -339,56 +360,10 @@ def _field_description(model: type[BaseModel], loc: tuple[Any, ...]) -> str | No
 
 
 def _type_description(annotation: Any) -> str | None:
-    for candidate in _members(annotation):
+    for candidate in members_of(annotation):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return (candidate.__doc__ or "").strip().splitlines()[0] or None
     return None
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that holds the keys at `loc`, following lists and dicts."""
-    current: Any = model
-    for part in loc:
-        current = _step(current, part)
-        if current is None:
-            return None
-    for candidate in _members(current):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _step(current: Any, part: Any) -> Any:
-    for candidate in _members(current):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            for name, info in candidate.model_fields.items():
-                if part in (name, info.alias):
-                    return info.annotation
-            if part == candidate.__name__:
-                return candidate
-        origin = get_origin(candidate)
-        if origin is list and isinstance(part, int):
-            return get_args(candidate)[0]
-        if origin is dict:
-            return get_args(candidate)[1]
-    return current if isinstance(part, str) and not part.islower() else None
-
-
-def _members(annotation: Any) -> list[Any]:
-    """Flatten Optional, unions and Annotated into the plain types they allow."""
-    pending = [annotation]
-    flat: list[Any] = []
-    while pending:
-        item = pending.pop()
-        args = get_args(item)
-        origin = get_origin(item)
-        if origin is None or origin in (list, dict):
-            flat.append(item)
-        elif hasattr(item, "__metadata__"):
-            pending.append(args[0])
-        else:
-            pending.extend(args)
-    return flat
 
 
 def _apply_renames(document: Document, path: Path) -> list[Problem]:
@@ -434,6 +409,7 @@ def _rename(
 ) -> Problem:
     where = position or START
     if new in parent.mapping:
+        del parent.mapping[old]  # reported here; not again as an unknown key
         message = f"`{old}` and `{new}` both given; `{old}` is the old name: remove it"
         return Problem(path, where, message, code="renamed")
 

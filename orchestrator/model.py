@@ -13,7 +13,7 @@ import re
 import zoneinfo
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -44,6 +44,16 @@ from orchestrator.units import (
 SIGN_UP_EVENTS = frozenset(
     {"signed_up", "sign_up", "signup", "user_created", "registered", "account_created"}
 )
+
+
+def is_sign_up(event: str | None) -> bool:
+    """True for `signed_up`, `Signed Up`, `sign-up` and the like."""
+    if event is None:
+        return False
+    words = re.sub(r"[^a-z0-9]+", "_", event.lower()).strip("_")
+    return words in SIGN_UP_EVENTS
+
+
 LOOP_EVENTS = (
     "invite_sent",
     "invite_accepted",
@@ -55,13 +65,36 @@ COHORT_PATTERN = r"^(mixpanel|amplitude|file):[A-Za-z0-9_.-]+$"
 FIELD_PATTERN = r"^(event|user|account)\.[A-Za-z0-9_$][A-Za-z0-9_.$-]*$"
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 EVENT_PATTERN = r"^[A-Za-z0-9_$][A-Za-z0-9_ .:$-]{0,127}$"
+CHANNEL_PATTERN = r"^[a-z][a-z0-9_]*$"
+REENTRY_PATTERN = r"(?i)^\s*(once|every[ _]time|always|after\s+\d+\s*[a-z]+)\s*$"
+# What to write instead, for a value that does not match its pattern.
+PATTERN_HINTS = {
+    COHORT_PATTERN: "write a cohort as `vendor:id`, e.g. `mixpanel:48213`",
+    FIELD_PATTERN: "write a field as `user.<name>`, `account.<name>` or `event.<name>`",
+    ID_PATTERN: "use lower-case letters, digits and dashes, e.g. `pack-reviewers`",
+    EVENT_PATTERN: "write the event's name as the product reports it",
+    CHANNEL_PATTERN: "write a channel such as `customerio`, `braze` or `intercom`",
+}
+
+
+REMOVED_IN = "0.4"
+# Earlier spellings that still load, with a warning: (where, old key, new key);
+# `*` stands for each item of a list.
+RENAMED_KEYS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    ((), "holdout_percent", "holdout"),
+    (("nudge",), "fallbacks", "fallback"),
+    (("reinforcement", "*", "nudge"), "fallbacks", "fallback"),
+    (("nudge",), "trust_note", "trust"),
+    (("reinforcement", "*", "nudge"), "trust_note", "trust"),
+    (("reward",), "earned_when", "earned_on"),
+    (("limits",), "quiet", "quiet_hours"),
+)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        populate_by_name=True,
     )
 
 
@@ -269,7 +302,7 @@ class Message(_Strict):
 ChannelName = Annotated[
     str,
     Field(
-        pattern=r"^[a-z][a-z0-9_]*$",
+        pattern=CHANNEL_PATTERN,
         description="`customerio`, `braze`, `intercom`, `outbox` or an installed one.",
         examples=["customerio", "braze", "intercom", "outbox"],
     ),
@@ -345,7 +378,7 @@ ReentryValue = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": r"^(once|every time|after \d+\s*[a-z]+)$",
+            "pattern": REENTRY_PATTERN,
             "examples": ["once", "after 30d", "every time"],
         }
     ),
@@ -446,7 +479,8 @@ class Reward(_Strict):
         None, description="An unused grant lapses after this long."
     )
     approval: Literal["automatic", "manual"] = Field(
-        "automatic", description="`manual` waits for `referloop rewards approve`."
+        "automatic",
+        description="`manual` holds each grant until someone approves it.",
     )
 
     @model_validator(mode="after")
@@ -590,3 +624,52 @@ class Workspace(_Strict):
     )
     vendors: Vendors = Field(default_factory=Vendors)
     fields: Fields = Field(default_factory=Fields)
+
+
+# --- Finding a model by its place in a file -------------------------------------
+
+
+def model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the keys at `loc`, following lists and dicts."""
+    current: Any = model
+    for part in loc:
+        current = _step(current, part)
+        if current is None:
+            return None
+    for candidate in members_of(current):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _step(current: Any, part: Any) -> Any:
+    for candidate in members_of(current):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            for name, info in candidate.model_fields.items():
+                if part in (name, info.alias):
+                    return info.annotation
+            if part == candidate.__name__:
+                return candidate
+        origin = get_origin(candidate)
+        if origin is list and isinstance(part, int):
+            return get_args(candidate)[0]
+        if origin is dict:
+            return get_args(candidate)[1]
+    return current if isinstance(part, str) and not part.islower() else None
+
+
+def members_of(annotation: Any) -> list[Any]:
+    """Flatten Optional, unions and Annotated into the plain types they allow."""
+    pending = [annotation]
+    flat: list[Any] = []
+    while pending:
+        item = pending.pop()
+        args = get_args(item)
+        origin = get_origin(item)
+        if origin is None or origin in (list, dict):
+            flat.append(item)
+        elif hasattr(item, "__metadata__"):
+            pending.append(args[0])
+        else:
+            pending.extend(args)
+    return flat

@@ -15,12 +15,12 @@ from typing import Any
 from integrations.base import Recipient, RenderedNudge, VendorRequest
 from integrations.registry import channel
 from orchestrator import templates
-from orchestrator.errors import PlaybookError
+from orchestrator.errors import PlaybookError, UsageError
 from orchestrator.keys import delivery_key
 from orchestrator.model import Nudge, Playbook, Workspace
 from orchestrator.problems import START, Problem, did_you_mean
 from orchestrator.tokens import InviteClaims, InviteSigner, invite_link
-from orchestrator.units import format_duration
+from orchestrator.units import humanize_duration
 from orchestrator.yamlsource import YamlProblem, parse
 
 SAMPLE_USER = {"id": "u_sample", "email": "dana.reviewer@example.com"}
@@ -123,9 +123,10 @@ def build(
     name = channel_name or nudge.channel
     if name not in nudge.channels():
         choices = ", ".join(nudge.channels())
-        raise PlaybookError(
-            [Problem(Path(playbook.id), START, f"`{name}` is not used; use {choices}")]
+        message = (
+            f"`{playbook.id}` does not send `{step}` through `{name}`; use {choices}"
         )
+        raise UsageError(message)
 
     moment = now or datetime.now(UTC)
     user_id, account_id = str(data.user["id"]), str(data.account["id"])
@@ -163,8 +164,7 @@ def _nudge_of(playbook: Playbook, step: str) -> Nudge:
         if step == f"reinforcement:{reinforcement.on}":
             return reinforcement.nudge
     choices = ", ".join(steps(playbook))
-    message = f"no step `{step}` in `{playbook.id}`; use {choices}"
-    raise PlaybookError([Problem(Path(playbook.id), START, message)])
+    raise UsageError(f"no step `{step}` in `{playbook.id}`; use {choices}")
 
 
 def _event_of(playbook: Playbook, step: str) -> str | None:
@@ -197,13 +197,13 @@ def _context(
             "share": nudge.invite.share.value,
             "role": nudge.invite.role,
             "expires_at": expires_at.isoformat(),
-            "expires_in": format_duration(nudge.invite.expires),
+            "expires_in": humanize_duration(nudge.invite.expires),
         },
         "playbook": {"id": playbook.id, "variant": nudge.variant, "step": step},
     }
     if playbook.reward is not None:
         context["reward"] = playbook.reward.model_dump(mode="json", by_alias=True)
-    context["trust"] = templates.render(nudge.trust, context)
+    context["trust"] = templates.render(nudge.trust, context, field="trust")
     return context
 
 
@@ -217,7 +217,10 @@ def _render(
     name: str,
 ) -> RenderedNudge:
     subject = nudge.message.subject
-    fields = {k: templates.render(v, context) for k, v in nudge.data.items()}
+    fields = {
+        key: templates.render(value, context, field=f"data.{key}")
+        for key, value in nudge.data.items()
+    }
     message_data = {
         "invite_link": context["invite"]["link"],
         "share": nudge.invite.share.value,
@@ -237,8 +240,10 @@ def _render(
         step=step,
         variant=nudge.variant,
         recipient=recipient,
-        subject=templates.render(subject, context) if subject else None,
-        body=templates.render(nudge.message.body, context),
+        subject=templates.render(subject, context, field="message.subject")
+        if subject
+        else None,
+        body=templates.render(nudge.message.body, context, field="message.body"),
         data=message_data,
         reference=nudge.reference(name),
     )

@@ -7,6 +7,7 @@ loops and output are bounded, because playbooks are edited by many hands.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +15,14 @@ from typing import Any
 from liquid import BoundTemplate, Environment
 from liquid.exceptions import LiquidError
 
+from orchestrator.errors import TemplateError
 from orchestrator.problems import did_you_mean
 
 MAX_LOOP_ITERATIONS = 1_000
 MAX_OUTPUT_CHARS = 64 * 1024
 MAX_CONTEXT_DEPTH = 20
 
+_OUTPUT = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 BUILT_IN_USER_FIELDS = frozenset({"id", "email", "time_zone"})
 BUILT_IN_ACCOUNT_FIELDS = frozenset({"id"})
 TRIGGER_FIELDS = {
@@ -88,8 +91,17 @@ def parse(source: str) -> BoundTemplate:
     return ENVIRONMENT.from_string(source)
 
 
-def render(source: str, context: Mapping[str, Any]) -> str:
-    return str(parse(source).render(**context))
+def render(source: str, context: Mapping[str, Any], *, field: str = "template") -> str:
+    """Render `source`; `field` names it in the error (`nudge.message.body`).
+
+    Raises:
+        TemplateError: the template does not parse, or fails for this data
+            (a loop or output limit, a filter given the wrong kind of value).
+    """
+    try:
+        return str(parse(source).render(**context))
+    except LiquidError as exc:
+        raise TemplateError(f"{field}: Liquid: {exc.message}") from exc
 
 
 def check(source: str, scope: Scope) -> list[TemplateIssue]:
@@ -99,11 +111,22 @@ def check(source: str, scope: Scope) -> list[TemplateIssue]:
     except LiquidError as exc:
         token = exc.token
         index = token.start_index if token is not None else -1
-        if index < 0:  # the end of the template: point at its last character
-            index = max(len(source.rstrip()) - 1, 0)
+        if index < 0:
+            index = _failing_output(source)
         return [_issue(source, index, f"Liquid: {exc.message}")]
 
-    return list(_unknown_variables(source, template, scope))
+    issues = list(_unknown_filters(source, template))
+    return issues + list(_unknown_variables(source, template, scope))
+
+
+def _unknown_filters(source: str, template: BoundTemplate) -> Iterator[TemplateIssue]:
+    known = sorted(ENVIRONMENT.filters)
+    for name, spans in template.analyze().filters.items():
+        if name in ENVIRONMENT.filters:
+            continue
+        hint = did_you_mean(name, known) or ""
+        for span in spans:
+            yield _issue(source, span.index, f"Liquid: no filter `{name}`{hint}")
 
 
 def _unknown_variables(
@@ -146,6 +169,19 @@ def _unknown_property(root: str, segments: list[Any], scope: Scope) -> str | Non
         return None
     hint = did_you_mean(name, known) or f"; it has {', '.join(sorted(known))}"
     return f"the event has no property `{name}`{hint}"
+
+
+def _failing_output(source: str) -> int:
+    """Where the first `{{ ... }}` that does not parse starts, else the last character.
+
+    Liquid reports an error inside an expression without its place in the source.
+    """
+    for match in _OUTPUT.finditer(source):
+        try:
+            parse(match.group(0))
+        except LiquidError:
+            return match.start()
+    return max(len(source.rstrip()) - 1, 0)
 
 
 def _issue(source: str, index: int, message: str) -> TemplateIssue:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
+MAX_DURATION = timedelta(days=3660)
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _UNIT_WORDS = {
     "sec": "s",
@@ -55,17 +56,31 @@ def parse_duration(value: Any) -> timedelta:
         raise ValueError(
             f"`{value}` is not a duration; write `30m`, `2h`, `14d` or `2w`"
         )
-    return timedelta(seconds=int(match.group(1)) * UNIT_SECONDS[unit])
+    seconds = int(match.group(1)) * UNIT_SECONDS[unit]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"`{value}` is longer than ten years; write a shorter one")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:
-    """The shortest marketer's spelling of `value`: 1209600 s becomes `2w`."""
+    """A marketer's spelling of `value` in its largest whole unit up to days.
+
+    Weeks are left out so that `14d` reads back as `14d`, as it was written.
+    """
     seconds = int(value.total_seconds())
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         size = UNIT_SECONDS[unit]
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def humanize_duration(value: timedelta) -> str:
+    """`14 days`, `1 hour`, `90 minutes`: for copy that a recipient reads."""
+    text = format_duration(value)
+    count, unit = int(text[:-1]), text[-1]
+    word = {"d": "day", "h": "hour", "m": "minute", "s": "second"}[unit]
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def parse_percentage(value: Any) -> float:

@@ -31,11 +31,18 @@ Path_ = tuple[str | int, ...]
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 _BOOL = {"true": True, "True": True, "TRUE": True}
 _BOOL |= {"false": False, "False": False, "FALSE": False}
-_INT = re.compile(r"^[-+]?[0-9]+$")
-_OCT = re.compile(r"^0o[0-7]+$")
-_HEX = re.compile(r"^0x[0-9a-fA-F]+$")
+# Numbers longer than these stay text: no playbook needs them, and Python refuses
+# to read integers of thousands of digits.
+_INT = re.compile(r"^[-+]?[0-9]{1,30}$")
+_OCT = re.compile(r"^0o[0-7]{1,30}$")
+_HEX = re.compile(r"^0x[0-9a-fA-F]{1,30}$")
 _FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
-_SPECIAL_FLOAT = {".inf": float("inf"), "+.inf": float("inf"), "-.inf": float("-inf")}
+_SPECIAL_FLOAT = {
+    ".inf": float("inf"),
+    "+.inf": float("inf"),
+    "-.inf": float("-inf"),
+    ".nan": float("nan"),
+}
 _STANDARD_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -236,7 +243,7 @@ class _Frame:
 def _scalar(event: yaml.ScalarEvent) -> Any:
     """Resolve a scalar as YAML 1.2's core schema does; quoted ones stay strings."""
     text = event.value
-    plain = event.style is None and event.implicit[0]
+    plain = not event.style and event.implicit[0]  # libyaml says '', PyYAML None
     if not plain:
         return text
     if _NULL.match(text):
