@@ -278,7 +278,8 @@ def _print_preview(built: previews.Preview, loaded: LoadedPlaybook) -> None:
     if built.nudge.subject:
         read.append(f"Subject: {built.nudge.subject}\n\n", style="bold")
     read.append(built.nudge.body.rstrip() + "\n")
-    console.print(Panel(read, title="What the recipient reads", title_align="left"))
+    panel = Panel(read, title="What the recipient reads", title_align="left")
+    console.print(panel, soft_wrap=False)
     console.print(Text("Invite link: ", style="bold") + Text(built.invite_link))
     console.print(Text("Trust: ", style="bold") + Text(built.trust))
     if built.signed_with_throwaway_key:
