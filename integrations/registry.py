@@ -8,8 +8,10 @@ with its name. A built-in name always means the built-in channel.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -101,6 +103,16 @@ def _load(entry_point: EntryPoint) -> ChannelFactory:
 
 
 def _adapter_entry_points() -> dict[str, EntryPoint]:
+    return _entry_points_on(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=4)
+def _entry_points_on(search_path: tuple[str, ...]) -> dict[str, EntryPoint]:
+    """The adapters installed on `search_path`.
+
+    Scanning installed packages takes milliseconds and the loader asks once per
+    nudge, so the answer is kept for as long as the import path stays the same.
+    """
     found: dict[str, EntryPoint] = {}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(entry_point.name, entry_point)

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from orchestrator.loader import LoadedPlaybook
 
 HOLDOUT_WARNING_ABOVE = 50.0
+LOCAL_CHANNEL = "outbox"
+OUTBOX_WARNING = (
+    "`outbox` writes nudges to a file on this machine: fine for trying a playbook out, "
+    "not for production, where names and messages would sit on a server's disk"
+)
 WHY_VALUE_FIRST = (
     "people invite colleagues to a product once it has helped them; asked earlier, "
     "they ignore the nudge, and a colleague invited into an empty workspace rarely "
@@ -142,6 +147,8 @@ def _check_channels(
             problems.append(where.error(at, f"no channel `{name}`{hint}", "channel"))
         elif name in used[:index]:
             problems.append(where.error(at, f"`{name}` is listed twice", "channel"))
+        elif name == LOCAL_CHANNEL:
+            problems.append(where.warning(at, OUTBOX_WARNING, "channel"))
         elif name in needs_reference and name not in nudge:
             message = (
                 f"the channel `{name}` has no vendor reference: add `{name}:` under "
@@ -149,8 +156,9 @@ def _check_channels(
             )
             problems.append(where.error(at, message, "reference"))
 
+    has_channel = isinstance(nudge.get("channel"), str)  # else its own error says so
     for name in needs_reference:
-        if name in nudge and name not in used:
+        if has_channel and name in nudge and name not in used:
             message = (
                 f"`{name}:` is given but `{name}` is not the channel or a fallback"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +19,23 @@ owner: growth
 trigger:
   event: report_shared
 nudge:
-  channel: outbox
+  channel: intercom
   invite:
     share: workspace_invite
   trust: They will see the report you shared, and nothing else.
   message:
     body: Invite a colleague to {{ account.id }}.
+  intercom: {from_admin: 394051}
 """
+# The vendor reference of the minimal playbook's channel, on its own last line.
+INTERCOM_REFERENCE = "  intercom: {from_admin: 394051}\n"
+
+
+def _on_channel(playbook: str, name: str) -> str:
+    """The minimal playbook sent through `name`, with no vendor reference."""
+    without = playbook.replace(INTERCOM_REFERENCE, "")
+    return without.replace("  channel: intercom", f"  channel: {name}")
+
 
 GATED_WORKSPACE = """\
 name: test workspace
@@ -88,3 +99,9 @@ def folder(tmp_path: Path) -> PlaybookFolder:
 def minimal_playbook() -> str:
     """The text of a valid playbook (given a gated workspace), to edit per test."""
     return MINIMAL_PLAYBOOK
+
+
+@pytest.fixture(scope="session")
+def on_channel() -> Callable[[str, str], str]:
+    """Turns the minimal playbook to another channel, without a vendor reference."""
+    return _on_channel

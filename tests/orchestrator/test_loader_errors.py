@@ -47,7 +47,7 @@ def test_an_unknown_nested_key_is_reported_at_its_own_line(
     folder, minimal_playbook
 ) -> None:
     """Inside `nudge`, `chanel:` is found at its indented column."""
-    text = minimal_playbook.replace("  channel: outbox", "  chanel: outbox")
+    text = minimal_playbook.replace("  channel: intercom", "  chanel: intercom")
     book = folder.playbook(text)
 
     problem = the_problem(book, folder.load())
@@ -110,7 +110,7 @@ def test_a_missing_top_level_key_is_reported_at_the_start_of_the_playbook(
             "did you mean `workspace_invite`?",
         ),
         (
-            ("  channel: outbox", "  channel: outbox\n  on_ambiguous: resnd"),
+            ("  channel: intercom", "  channel: intercom\n  on_ambiguous: resnd"),
             "resnd",
             "did you mean `resend`?",
         ),
@@ -208,10 +208,10 @@ def test_a_duration_too_long_to_count_is_a_problem_at_its_value(
 
 
 def test_a_channel_without_its_vendor_reference_is_reported_at_the_channel(
-    folder, minimal_playbook
+    folder, minimal_playbook, on_channel
 ) -> None:
     """`channel: braze` with no `braze:` block says to add one."""
-    book = folder.playbook(minimal_playbook.replace("outbox", "braze"))
+    book = folder.playbook(on_channel(minimal_playbook, "braze"))
 
     problem = the_problem(book, folder.load())
 
@@ -221,10 +221,10 @@ def test_a_channel_without_its_vendor_reference_is_reported_at_the_channel(
 
 
 def test_an_unknown_channel_is_reported_with_a_suggestion(
-    folder, minimal_playbook
+    folder, minimal_playbook, on_channel
 ) -> None:
     """`channel: brazee` suggests `braze`."""
-    book = folder.playbook(minimal_playbook.replace("outbox", "brazee"))
+    book = folder.playbook(on_channel(minimal_playbook, "brazee"))
 
     problem = the_problem(book, folder.load())
 
@@ -709,3 +709,36 @@ def test_a_playbook_broken_five_ways_gets_five_errors_on_five_lines(
     assert {4, 7, 9, 11, 16} == {p.position.line for p in errors}
     assert {book.at(needle) for needle in needles} == {p.position for p in errors}
     assert is_skipped(book, catalog)
+
+
+def test_the_outbox_channel_is_a_warning_at_the_channel(
+    folder, minimal_playbook, on_channel
+) -> None:
+    """`outbox` is for trying a playbook out: it loads, with a warning that
+    `lint --strict` (the release check) turns into a failure."""
+    book = folder.playbook(on_channel(minimal_playbook, "outbox"))
+
+    catalog = folder.load()
+    problem = the_problem(book, catalog)
+
+    assert [p.playbook.id for p in catalog.playbooks] == ["welcome-loop"]
+    assert problem.severity == Severity.WARNING
+    assert problem.position == book.at("outbox")
+    assert "not for production" in problem.message
+
+
+def test_a_reference_for_a_channel_not_used_is_a_warning_at_its_key(
+    folder, minimal_playbook
+) -> None:
+    """An `intercom:` block beside `channel: braze` and its `braze:` block is
+    flagged where it is written, so that a stale block does not mislead."""
+    text = minimal_playbook.replace(
+        "  channel: intercom", "  channel: braze\n  braze: {campaign: c-1}"
+    )
+    book = folder.playbook(text)
+
+    problem = the_problem(book, folder.load())
+
+    assert problem.severity == Severity.WARNING
+    assert problem.position == book.at("intercom:")
+    assert "not the channel or a fallback" in problem.message

@@ -42,13 +42,13 @@ def test_a_broken_playbook_does_not_stop_a_good_one(
 
 
 def test_the_catalog_lists_every_skipped_playbook_and_loads_the_rest(
-    folder, minimal_playbook
+    folder, minimal_playbook, on_channel
 ) -> None:
     """Two broken, two good: both good ones load and both broken ones are listed."""
     folder.playbook(minimal_playbook, "a-good.yaml")
     second = minimal_playbook.replace("welcome-loop", "second-loop")
     folder.playbook(second + "priority: 5\n", "c-good.yaml")
-    bad_enum = folder.playbook(minimal_playbook.replace("outbox", "brazee"), "b.yaml")
+    bad_enum = folder.playbook(on_channel(minimal_playbook, "brazee"), "b.yaml")
     bad_yaml = folder.playbook("id: [\n", "d-bad.yaml")
 
     catalog = folder.load()
