@@ -11,7 +11,7 @@ setup:
 
 run: setup
 	$(UV) run referloop lint playbooks
-	$(UV) run referloop preview pack-reviewers --sample
+	$(UV) run referloop run
 
 lint-code: setup
 	$(UV) run ruff check .

@@ -1,15 +1,17 @@
-"""What the engine asks of a channel adapter, and the values that cross that line.
+"""What the engine asks of adapters, and the values that cross that line.
 
-A channel turns a rendered nudge into the request its vendor documents. Building the
-request is pure (no I/O), so `referloop preview` shows exactly what would be sent; the
-sending half arrives with the engine and maps vendor answers to the errors of
-`orchestrator.errors` at this boundary.
+- A channel turns a rendered nudge into the request its vendor documents. Building
+  the request is pure (no I/O), so `referloop preview` shows exactly what would be
+  sent. A channel that can send (`Sender`) also delivers it and maps the vendor's
+  answer to the errors of `orchestrator.errors`, once, at this boundary.
+- A source lists a cohort's members page by page, or yields product events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -110,3 +112,74 @@ def expect_reference(
         f"playbook `{nudge.playbook_id}` sends through `{channel}` but gives no "
         f"`nudge.{channel}` reference"
     )
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What a vendor said when it took a nudge: its own id for it, if it gives one."""
+
+    vendor_id: str | None = None
+
+
+@runtime_checkable
+class Sender(Protocol):
+    """A channel that can deliver what it builds.
+
+    `send` raises `TransientError` (try later, maybe after `retry_after_s`),
+    `PermanentError` (never) or `AmbiguousError` (the request went out and no
+    answer came back); messages carry ids, never personal data.
+    """
+
+    name: ClassVar[str]
+
+    def send(self, nudge: RenderedNudge) -> Sent: ...
+
+
+@dataclass(frozen=True)
+class Member:
+    """One user in a cohort, with the profile fields the source knows."""
+
+    user_id: str
+    account_id: str | None = None
+    user: Mapping[str, Any] = field(default_factory=dict)
+    account: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProductEvent:
+    """One event the product reported, with the user and account it is about."""
+
+    event_id: str
+    name: str
+    user_id: str
+    time: datetime
+    account_id: str | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    user: Mapping[str, Any] = field(default_factory=dict)
+    account: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record a source could not read: where it was and why, never its content."""
+
+    where: str
+    reason: str
+
+
+@runtime_checkable
+class CohortSource(Protocol):
+    """Lists a cohort's current members, a page at a time."""
+
+    name: ClassVar[str]
+
+    def cohort_pages(self, cohort: str) -> Iterator[Sequence[Member | Rejected]]: ...
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """Yields product events in the order they happened."""
+
+    name: ClassVar[str]
+
+    def events(self) -> Iterator[ProductEvent | Rejected]: ...

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from integrations.base import Reference, RenderedNudge, VendorRequest
+from integrations.base import Reference, RenderedNudge, Sent, VendorRequest
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,14 @@ class OutboxChannel:
     name: ClassVar[str] = "outbox"
     reference_model: ClassVar[type[Reference] | None] = None
 
-    def __init__(self, path: Path = DEFAULT_PATH) -> None:
+    def __init__(
+        self, path: Path = DEFAULT_PATH, stands_in_for: str | None = None
+    ) -> None:
+        """`stands_in_for` names the vendor channel this outbox replaces in a run
+        with no vendor account, so each line says where it would have gone."""
         self.path = Path(path)
+        self.stands_in_for = stands_in_for
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -39,7 +46,15 @@ class OutboxChannel:
 
     def build_request(self, nudge: RenderedNudge) -> VendorRequest:
         """Return the record that `append` would write for `nudge`."""
-        return VendorRequest(method=METHOD, url=self.url, json=_record(nudge))
+        record = _record(nudge)
+        if self.stands_in_for is not None:
+            record["stands_in_for"] = self.stands_in_for
+        return VendorRequest(method=METHOD, url=self.url, json=record)
+
+    def send(self, nudge: RenderedNudge) -> Sent:
+        """Write `nudge` to the outbox; the outbox has no ids of its own."""
+        self.append(self.build_request(nudge))
+        return Sent()
 
     def append(self, request: VendorRequest) -> None:
         """Write the request's record as one line, creating the folder if needed.
@@ -52,7 +67,7 @@ class OutboxChannel:
 
         line = json.dumps(request.json, ensure_ascii=False, sort_keys=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as outbox:
+        with self._lock, self.path.open("a", encoding="utf-8") as outbox:
             outbox.write(line + "\n")
 
         logger.info(

@@ -18,9 +18,11 @@ import click
 from rich.console import Console
 from rich.json import JSON
 from rich.panel import Panel
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator import local
 from orchestrator import preview as previews
 from orchestrator import schema as schemas
 from orchestrator.errors import (
@@ -29,14 +31,20 @@ from orchestrator.errors import (
     ReferloopError,
     UsageError,
 )
+from orchestrator.ledger import Entry as LedgerEntry
+from orchestrator.ledger import Ledger
 from orchestrator.loader import Catalog, LoadedPlaybook, load
 from orchestrator.problems import Problem
+from orchestrator.settings import Settings
+from orchestrator.state import Store
 from orchestrator.tokens import KEYS_SETTING, InviteSigner
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 DEFAULT_PLAYBOOKS = Path("playbooks")
+DEFAULT_SOURCE = Path("examples/triggers.jsonl")
+DEFAULT_OUTBOX = Path("outbox/nudges.jsonl")
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -154,6 +162,123 @@ def schema(kind: str | None, folder: Path | None) -> None:
     click.echo(schemas.render(kind or "playbook"), nl=False)
 
 
+@cli.command()
+@click.option(
+    "--source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_SOURCE,
+    show_default=True,
+    help="Triggers: product events and cohort members, JSONL or CSV.",
+)
+@click.option(
+    "--playbooks",
+    "folder",
+    type=click.Path(exists=True, path_type=Path),
+    default=DEFAULT_PLAYBOOKS,
+    show_default=True,
+)
+@click.option(
+    "--outbox",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_OUTBOX,
+    show_default=True,
+    help="Where nudges are written (rewritten on each run).",
+)
+def run(source: Path, folder: Path, outbox: Path) -> None:
+    """Run the loop locally: triggers from a file, nudges to the outbox.
+
+    Uses an in-process broker and store, so nothing is durable and no vendor is
+    called. For the real thing, set REDIS_URL and run `referloop worker`.
+    """
+    catalog = _load_for_running(folder)
+    outbox.unlink(missing_ok=True)
+    console.print(
+        Text(
+            "Local run: in-process broker and store, nothing is durable; "
+            f"nudges go to {outbox}, not to vendors.",
+            style="yellow",
+        )
+    )
+    report = _run_locally(catalog, source, outbox)
+    _print_report(report, "sent to the outbox")
+
+
+@cli.command()
+@click.option(
+    "--source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_SOURCE,
+    show_default=True,
+    help="Triggers: product events and cohort members, JSONL or CSV.",
+)
+@click.option(
+    "--playbooks",
+    "folder",
+    type=click.Path(exists=True, path_type=Path),
+    default=DEFAULT_PLAYBOOKS,
+    show_default=True,
+)
+def plan(source: Path, folder: Path) -> None:
+    """Dry run: what the playbooks would send for these triggers, and what not, why.
+
+    Nothing is sent or written.
+    """
+    catalog = _load_for_running(folder)
+    report = _run_locally(catalog, source, None)
+    _print_report(report, "would be sent")
+
+
+@cli.command()
+@click.option("--user", "user_id", help="Every delivery to this user id.")
+@click.option("--key", "delivery_key", help="One delivery, by its key.")
+@click.option("--playbook", "playbook_id", help="Every delivery of this playbook.")
+@click.option("--dead", is_flag=True, help="The dead letters.")
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text")
+def ledger(
+    user_id: str | None,
+    delivery_key: str | None,
+    playbook_id: str | None,
+    dead: bool,
+    output: str,
+) -> None:
+    """What happened to a user, a delivery or a playbook (ids and reasons only)."""
+    chosen = [x for x in (user_id, delivery_key, playbook_id) if x] + (
+        ["dead"] if dead else []
+    )
+    if len(chosen) != 1:
+        _usage("give one of --user, --key, --playbook or --dead")
+    settings = Settings.from_env()
+    if settings.is_embedded:
+        _usage("the ledger lives in Redis: set REDIS_URL (a local run keeps nothing)")
+
+    book = Ledger(Store.from_settings(settings))
+    if delivery_key:
+        keys = [delivery_key]
+    elif user_id:
+        keys = book.keys_for_user(user_id)
+    elif playbook_id:
+        keys = book.keys_for_playbook(playbook_id)
+    else:
+        keys = book.dead_letters()
+    entries = list(book.entries(keys))
+    if output == "json":
+        click.echo(json.dumps([_entry_dict(e) for e in entries], indent=2))
+    else:
+        console.print(_ledger_table(entries))
+
+
+@cli.command()
+@click.option("--threads", type=click.IntRange(1, 64), help="Worker threads.")
+def worker(threads: int | None) -> None:
+    """Run a worker: decide and deliver, until SIGTERM (then finish within 25 s)."""
+    settings = Settings.from_env()
+    if settings.is_embedded:
+        _usage("a worker needs REDIS_URL; for a local try, use `referloop run`")
+    from orchestrator import process
+
+    sys.exit(process.run_worker_process(settings, threads=threads))
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command; a user's mistake prints one `error:` line, no traceback."""
     try:
@@ -175,6 +300,101 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 # --- helpers ---------------------------------------------------------------------
+
+
+def _load_for_running(folder: Path) -> Catalog:
+    catalog = load([folder])
+    for problem in sorted(catalog.problems, key=_reading_order):
+        if problem.is_error:
+            errors.print(f"error: {problem}", markup=False)
+    for path in catalog.skipped:
+        errors.print(f"skipped {path}: fix it and run again", markup=False)
+    if not catalog.playbooks:
+        raise PlaybookError([p for p in catalog.problems if p.is_error])
+    return catalog
+
+
+def _run_locally(catalog: Catalog, source: Path, outbox: Path | None) -> local.Report:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed} triggers"),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("Reading triggers and deciding", total=None)
+
+        def advance(_: str, count: int) -> None:
+            bar.update(task, completed=count)
+
+        return local.run(
+            catalog, source, outbox=outbox, signer=_signer(), progress=advance
+        )
+
+
+def _print_report(report: local.Report, sent_words: str) -> None:
+    summary = Table(title="Summary", title_justify="left", box=None, pad_edge=False)
+    summary.add_column("")
+    summary.add_column("count", justify="right")
+    rows = [
+        ("triggers seen", report.triggers),
+        ("duplicates ignored", report.duplicates),
+        ("records rejected", len(report.rejected)),
+        (f"deliveries {sent_words}", report.count("sent")),
+        ("held back by a guardrail", report.count("held")),
+        ("deferred (quiet hours, send window, delay)", report.count("deferred")),
+        ("dead-lettered", report.count("dead")),
+        ("unsure whether sent", report.count("ambiguous")),
+    ]
+    for label, count in rows:
+        summary.add_row(label, str(count))
+    console.print(summary)
+    console.print(_playbook_outcomes(report))
+    for rejected in report.rejected:
+        console.print(f"rejected {rejected.where}: {rejected.reason}", markup=False)
+    console.print(f"done in {report.seconds:.1f} s", style="dim")
+
+
+def _playbook_outcomes(report: local.Report) -> Table:
+    table = Table(title="By playbook", title_justify="left", box=None, pad_edge=False)
+    for column in ("playbook", "sent", "deferred", "held", "held by", "dead"):
+        table.add_column(column, overflow="fold")
+    for playbook_id, tally in sorted(report.by_playbook.items()):
+        held = {
+            k.split(":", 1)[1]: n for k, n in tally.items() if k.startswith("held:")
+        }
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(held.items()))
+        table.add_row(
+            playbook_id,
+            str(tally.get("sent", 0)),
+            str(tally.get("deferred", 0)),
+            str(sum(held.values())),
+            reasons or "-",
+            str(tally.get("dead", 0)),
+        )
+    return table
+
+
+def _entry_dict(entry: LedgerEntry) -> dict[str, Any]:
+    return {"delivery_key": entry.delivery_key, **dict(entry.fields)}
+
+
+def _ledger_table(entries: list[LedgerEntry]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("delivery key", "playbook", "user", "outcome", "reason", "channel"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        fields = entry.fields
+        table.add_row(
+            entry.delivery_key,
+            fields.get("playbook", ""),
+            fields.get("user", ""),
+            entry.outcome,
+            entry.reason,
+            fields.get("channel", ""),
+        )
+    return table
 
 
 def _find(name: str) -> tuple[LoadedPlaybook, Catalog]:

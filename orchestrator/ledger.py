@@ -1,0 +1,247 @@
+"""The ledger: the durable record of every delivery, keyed for dedupe.
+
+A delivery goes through reserve, send, commit. Reserving takes a lease
+(`SET NX PX`) on the delivery key, so two workers holding the same message never
+both send; committing is a compare-and-set on that lease, so a worker whose lease
+ran out cannot overwrite the outcome of the one that took over. A definite failure
+releases the key for a retry; an ambiguous one (the request went out, no answer
+came back) is recorded as such and never resent blindly.
+
+Every decision is recorded, including the decisions not to send (held back, with
+the guardrail that held it) and the deferrals. Records hold ids and reasons, never
+personal data or message bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import cast
+
+from redis.client import Pipeline
+
+from orchestrator.state import Store
+
+logger = logging.getLogger(__name__)
+
+LEASE_MS = 60_000
+RECORD_TTL_S = 400 * 86_400
+INDEX_LIMIT = 10_000
+
+
+class Outcome(StrEnum):
+    """Where a delivery stands. The last four are final."""
+
+    SCHEDULED = "scheduled"
+    DEFERRED = "deferred"
+    RESERVED = "reserved"
+    RETRYING = "retrying"
+    SENT = "sent"
+    HELD = "held"
+    AMBIGUOUS = "ambiguous"
+    DEAD = "dead"
+
+
+FINAL = frozenset({Outcome.SENT, Outcome.HELD, Outcome.AMBIGUOUS, Outcome.DEAD})
+
+
+class Reservation(StrEnum):
+    """The answer to a reserve.
+
+    GRANTED: go ahead. BUSY: another worker holds the lease. DONE: final already.
+    ORPHANED: the lease is yours, but an earlier holder reserved and never settled
+    (it was killed, perhaps after sending): whether it went out is unknown.
+    """
+
+    GRANTED = "granted"
+    BUSY = "busy"
+    DONE = "done"
+    ORPHANED = "orphaned"
+
+
+# Reserve: refuse when the record is final or another lease is live.
+_RESERVE = """
+local state = redis.call('HGET', KEYS[1], 'outcome')
+if state == 'sent' or state == 'held' or state == 'ambiguous' or state == 'dead' then
+  return 'done'
+end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 'busy'
+end
+redis.call('HSET', KEYS[1], 'outcome', 'reserved', 'updated_ms', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if state == 'reserved' then
+  return 'orphaned'
+end
+return 'granted'
+"""
+
+# Settle: only the holder of the lease may write the outcome, then it lets go.
+_SETTLE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One delivery as the ledger knows it."""
+
+    delivery_key: str
+    fields: Mapping[str, str]
+
+    @property
+    def outcome(self) -> str:
+        return self.fields.get("outcome", "")
+
+    @property
+    def reason(self) -> str:
+        return self.fields.get("reason", "")
+
+
+class Ledger:
+    """Reserve, commit, release and record deliveries in Redis."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._reserve = store.redis.register_script(_RESERVE)
+        self._settle = store.redis.register_script(_SETTLE)
+
+    def open(self, key: str, about: Mapping[str, str]) -> bool:
+        """Create the record of a delivery; False when it already exists.
+
+        `about` names the playbook, step, subject and trigger: ids only.
+        """
+        record = self._record(key)
+        now_ms = str(_now_ms())
+        fields = {**about, "outcome": Outcome.SCHEDULED, "created_ms": now_ms}
+        created = self.store.redis.hsetnx(record, "created_ms", now_ms)
+        if not created:
+            return False
+
+        pipe = self.store.redis.pipeline()
+        pipe.hset(record, mapping={**fields, "updated_ms": now_ms})
+        pipe.expire(record, RECORD_TTL_S)
+        self._index(pipe, key, about)
+        pipe.execute()
+        return True
+
+    def reserve(
+        self, key: str, lease_token: str, lease_ms: int = LEASE_MS
+    ) -> Reservation:
+        keys = [self._record(key), self._lease(key)]
+        answer = self._reserve(keys=keys, args=[lease_token, lease_ms, _now_ms()])
+        return Reservation(answer)
+
+    def commit(self, key: str, lease_token: str, **fields: str) -> bool:
+        """Record the send; False when the lease was lost to another worker."""
+        return self._settle_as(key, lease_token, Outcome.SENT, fields)
+
+    def release(self, key: str, lease_token: str, reason: str) -> bool:
+        """A definite failure: let go of the key so that a retry may send."""
+        return self._settle_as(key, lease_token, Outcome.RETRYING, {"reason": reason})
+
+    def mark_ambiguous(self, key: str, lease_token: str, reason: str) -> bool:
+        return self._settle_as(key, lease_token, Outcome.AMBIGUOUS, {"reason": reason})
+
+    def hold(self, key: str, reason: str) -> None:
+        """Record a decision not to send, with the guardrail's reason."""
+        if self._set(key, Outcome.HELD, reason=reason) != Outcome.HELD:
+            self._count(f"held:{reason.split(':', 1)[0]}")
+
+    def defer(self, key: str, until_ms: int, reason: str) -> None:
+        self._set(key, Outcome.DEFERRED, reason=reason, until_ms=str(until_ms))
+
+    def dead(self, key: str, reason: str) -> None:
+        """Give up on a delivery, with why; it is listed among the dead letters."""
+        if self._set(key, Outcome.DEAD, reason=reason) != Outcome.DEAD:
+            self._count(Outcome.DEAD)
+        self.store.redis.zadd(self.store.key("dead"), {key: _now_ms()})
+
+    def get(self, key: str) -> Entry | None:
+        fields = cast(dict[str, str], self.store.redis.hgetall(self._record(key)))
+        return Entry(key, fields) if fields else None
+
+    def keys_for_user(self, user_id: str) -> list[str]:
+        return self._recent(self.store.key("ledger", "by-user", user_id))
+
+    def keys_for_playbook(self, playbook_id: str) -> list[str]:
+        return self._recent(self.store.key("ledger", "by-playbook", playbook_id))
+
+    def dead_letters(self) -> list[str]:
+        return self._recent(self.store.key("dead"))
+
+    def counts(self) -> dict[str, int]:
+        """Outcomes counted across all deliveries, e.g. `sent`, `held:holdout`."""
+        counts = self.store.key("ledger", "counts")
+        raw = cast(dict[str, str], self.store.redis.hgetall(counts))
+        return {name: int(value) for name, value in raw.items()}
+
+    def entries(self, keys: list[str]) -> Iterator[Entry]:
+        for key in keys:
+            entry = self.get(key)
+            if entry is not None:
+                yield entry
+
+    # --- internals ---------------------------------------------------------------
+
+    def _settle_as(
+        self, key: str, lease_token: str, outcome: Outcome, fields: Mapping[str, str]
+    ) -> bool:
+        pairs = {**fields, "outcome": outcome, "updated_ms": str(_now_ms())}
+        args = [lease_token, *(item for pair in pairs.items() for item in pair)]
+        settled = bool(
+            self._settle(keys=[self._record(key), self._lease(key)], args=args)
+        )
+        if settled and outcome in FINAL:
+            self._count(outcome)
+        if not settled:
+            logger.warning(
+                "Lost the lease on delivery %s before recording %s.", key, outcome
+            )
+        return settled
+
+    def _set(self, key: str, outcome: Outcome, **fields: str) -> str | None:
+        """Write `outcome`; return the outcome it replaced, so counts stay once."""
+        record = self._record(key)
+        mapping = {**fields, "outcome": outcome, "updated_ms": str(_now_ms())}
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.hget(record, "outcome")
+        pipe.hset(record, mapping=mapping)
+        previous, _ = pipe.execute()
+        return str(previous) if previous is not None else None
+
+    def _count(self, name: str) -> None:
+        self.store.redis.hincrby(self.store.key("ledger", "counts"), name, 1)
+
+    def _index(self, pipe: Pipeline, key: str, about: Mapping[str, str]) -> None:
+        now_ms = _now_ms()
+        for kind in ("user", "playbook"):
+            value = about.get(kind)
+            if not value:
+                continue
+            index = self.store.key("ledger", f"by-{kind}", value)
+            pipe.zadd(index, {key: now_ms})
+            pipe.zremrangebyrank(index, 0, -INDEX_LIMIT - 1)
+
+    def _recent(self, index: str) -> list[str]:
+        return cast(list[str], self.store.redis.zrange(index, 0, -1))
+
+    def _record(self, key: str) -> str:
+        return self.store.key("ledger", key)
+
+    def _lease(self, key: str) -> str:
+        return self.store.key("lease", key)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

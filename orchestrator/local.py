@@ -1,0 +1,199 @@
+"""Local runs: the whole loop in one process, with nothing to install or sign up for.
+
+`referloop run` and `referloop plan` read triggers from a file, run the same actors
+as a worker on an in-process broker and an in-process Redis-compatible store, and
+report what happened. A run writes each nudge to the outbox instead of a vendor;
+a plan writes nothing. Nothing outlives the process: it is not durable, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from integrations.base import Rejected, RenderedNudge, Sender, Sent
+from integrations.filesource import FileSource
+from integrations.outbox import OutboxChannel
+from integrations.registry import channel_names
+from orchestrator import actors, occurrences
+from orchestrator.actors import DELIVERIES_QUEUE, TRIGGERS_QUEUE, Actors
+from orchestrator.broker import build_broker
+from orchestrator.engine import Engine
+from orchestrator.ledger import Outcome
+from orchestrator.loader import Catalog
+from orchestrator.settings import Settings
+from orchestrator.state import Store
+from orchestrator.tokens import InviteSigner
+
+logger = logging.getLogger(__name__)
+
+LOCAL_SNAPSHOT = "local"
+LOCAL_THREADS = 4
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class Report:
+    """What a local run saw and did."""
+
+    triggers: int = 0
+    duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    deferred: list[tuple[str, str, int]] = field(default_factory=list)
+    by_playbook: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def count(self, outcome: str) -> int:
+        return self.outcomes.get(outcome, 0)
+
+
+class _Recorder:
+    """A channel for plans: takes every nudge and sends nothing."""
+
+    name: ClassVar[str] = "plan"
+
+    def send(self, nudge: RenderedNudge) -> Sent:
+        return Sent()
+
+
+def run(
+    catalog: Catalog,
+    source: Path,
+    *,
+    outbox: Path | None,
+    signer: InviteSigner,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> Report:
+    """Run every trigger in `source` through the playbooks of `catalog`.
+
+    With `outbox` None this is a plan: the same decisions, nothing written.
+    """
+    started = time.monotonic()
+    store = Store.in_memory()
+    broker = build_broker(Settings())
+    declared = actors.declare(broker)
+    report = Report()
+    deferred: list[str] = []
+
+    def schedule(key: str, delay_ms: int) -> None:
+        # A deferred delivery would fire after this process has ended: record it.
+        if delay_ms > 0:
+            deferred.append(key)
+        else:
+            declared.schedule(key, 0)
+
+    clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
+    engine = Engine(store, catalog, signer, _channels(outbox), schedule, clock)
+    actors.install(engine)
+    worker = dramatiq.Worker(broker, worker_threads=LOCAL_THREADS)
+    worker.start()
+    try:
+        triggers = FileSource(source)
+        _ingest_cohorts(engine, declared, triggers, report)
+        _feed(engine, declared, triggers, report, progress)
+        _drain(broker)
+    finally:
+        worker.stop()
+        actors.install(None)
+
+    _summarise(engine, report, deferred)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _channels(outbox: Path | None) -> dict[str, Sender]:
+    if outbox is None:
+        return {name: _Recorder() for name in channel_names()}
+    return {name: OutboxChannel(outbox, stands_in_for=name) for name in channel_names()}
+
+
+def _feed(
+    engine: Engine,
+    declared: Actors,
+    source: FileSource,
+    report: Report,
+    progress: Progress | None,
+) -> None:
+    for occurrence in _occurrences(engine, source, report):
+        report.triggers += 1
+        if engine.occurrences.save(occurrence):
+            declared.decide.send(occurrence.occurrence_id)
+        else:
+            report.duplicates += 1
+        if progress is not None:
+            progress("trigger", report.triggers)
+
+
+def _occurrences(
+    engine: Engine, source: FileSource, report: Report
+) -> Iterator[occurrences.Occurrence]:
+    for item in source.events():
+        if isinstance(item, Rejected):
+            report.rejected.append(item)
+        else:
+            yield occurrences.from_event(item)
+
+
+def _ingest_cohorts(
+    engine: Engine, declared: Actors, source: FileSource, report: Report
+) -> None:
+    """Each cohort the playbooks name, read from the file as one snapshot.
+
+    Gating and excluding cohorts come first, so that every decision sees them.
+    """
+
+    def decide(occurrence_id: str) -> None:
+        report.triggers += 1
+        declared.decide.send(occurrence_id)
+
+    named = sorted(engine.cohorts().items(), key=lambda item: (item[1], item[0]))
+    for cohort, triggers in named:
+        for number, page in enumerate(source.cohort_pages(cohort)):
+            rejected = engine.ingest_page(cohort, LOCAL_SNAPSHOT, number, page)
+            report.rejected += rejected
+        engine.finish_snapshot(cohort, LOCAL_SNAPSHOT, decide if triggers else None)
+
+
+def _drain(broker: dramatiq.Broker) -> None:
+    """Wait until every decision and every delivery it led to is done."""
+    assert isinstance(broker, StubBroker)
+    while True:
+        broker.join(TRIGGERS_QUEUE)
+        broker.join(DELIVERIES_QUEUE)
+        pending = (
+            broker.queues[TRIGGERS_QUEUE].qsize()
+            + broker.queues[DELIVERIES_QUEUE].qsize()
+        )
+        if pending == 0:
+            return
+
+
+def _summarise(engine: Engine, report: Report, deferred: list[str]) -> None:
+    for loaded in engine.catalog.playbooks:
+        playbook_id = loaded.playbook.id
+        tally: dict[str, int] = {}
+        for entry in engine.ledger.entries(
+            engine.ledger.keys_for_playbook(playbook_id)
+        ):
+            name = entry.outcome
+            if entry.outcome == Outcome.HELD:
+                name = f"held:{entry.reason.split(':', 1)[0]}"
+            tally[name] = tally.get(name, 0) + 1
+            report.outcomes[entry.outcome] = report.outcomes.get(entry.outcome, 0) + 1
+        report.by_playbook[playbook_id] = tally
+    for key in deferred:
+        record = engine.ledger.get(key)
+        if record is not None:
+            until = int(record.fields.get("until_ms", "0"))
+            report.deferred.append((key, record.fields.get("playbook", ""), until))

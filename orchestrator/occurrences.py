@@ -1,0 +1,131 @@
+"""Trigger occurrences: one firing of a trigger for one user, stored by id.
+
+Actors carry ids, never personal data, so what a trigger knew about the user, the
+account and the event is kept here, in Redis, for as long as a delivery may need it.
+An occurrence is saved once: a product event reported twice, or a cohort page
+ingested again, finds its id taken and fires nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from integrations.base import Member, ProductEvent
+from orchestrator.render import Facts
+from orchestrator.state import Store
+
+TTL_S = 30 * 86_400
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """A trigger that fired for one user: an event, or an entry into a cohort."""
+
+    occurrence_id: str
+    kind: Literal["event", "cohort"]
+    source: str
+    user_id: str
+    account_id: str
+    time: datetime
+    facts: Facts
+
+    @property
+    def trigger_source(self) -> str:
+        """The same spelling as `Trigger.source`: `event:<name>` or `mixpanel:<id>`."""
+        return f"event:{self.source}" if self.kind == "event" else self.source
+
+
+def from_event(event: ProductEvent) -> Occurrence:
+    account_id = event.account_id or str(event.account.get("id", ""))
+    return Occurrence(
+        occurrence_id=_id("event", event.event_id),
+        kind="event",
+        source=event.name,
+        user_id=event.user_id,
+        account_id=account_id,
+        time=event.time,
+        facts=_facts(
+            event.user_id, account_id, event.user, event.account, event.properties
+        ),
+    )
+
+
+def from_member(
+    cohort: str, snapshot_id: str, member: Member, at: datetime
+) -> Occurrence:
+    account_id = member.account_id or str(member.account.get("id", ""))
+    return Occurrence(
+        occurrence_id=_id("cohort", cohort, snapshot_id, member.user_id),
+        kind="cohort",
+        source=cohort,
+        user_id=member.user_id,
+        account_id=account_id,
+        time=at,
+        facts=_facts(member.user_id, account_id, member.user, member.account, {}),
+    )
+
+
+class Occurrences:
+    """Save and load occurrences; each id is saved once."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def save(self, occurrence: Occurrence) -> bool:
+        """Keep `occurrence`; False when its id was already saved (a duplicate)."""
+        record = json.dumps(_to_record(occurrence), separators=(",", ":"))
+        key = self.store.key("occurrence", occurrence.occurrence_id)
+        return bool(self.store.redis.set(key, record, nx=True, ex=TTL_S))
+
+    def load(self, occurrence_id: str) -> Occurrence | None:
+        key = self.store.key("occurrence", occurrence_id)
+        raw = cast(str | None, self.store.redis.get(key))
+        return None if raw is None else _from_record(occurrence_id, json.loads(raw))
+
+
+def _id(*parts: str) -> str:
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return f"oc_{digest[:32]}"
+
+
+def _facts(
+    user_id: str,
+    account_id: str,
+    user: Any,
+    account: Any,
+    properties: Any,
+) -> Facts:
+    return Facts(
+        {**dict(user), "id": user_id},
+        {**dict(account), "id": account_id},
+        dict(properties),
+    )
+
+
+def _to_record(occurrence: Occurrence) -> dict[str, Any]:
+    return {
+        "kind": occurrence.kind,
+        "source": occurrence.source,
+        "user_id": occurrence.user_id,
+        "account_id": occurrence.account_id,
+        "time": occurrence.time.isoformat(),
+        "user": dict(occurrence.facts.user),
+        "account": dict(occurrence.facts.account),
+        "event": dict(occurrence.facts.event),
+    }
+
+
+def _from_record(occurrence_id: str, record: dict[str, Any]) -> Occurrence:
+    return Occurrence(
+        occurrence_id=occurrence_id,
+        kind=record["kind"],
+        source=record["source"],
+        user_id=record["user_id"],
+        account_id=record["account_id"],
+        time=datetime.fromisoformat(record["time"]),
+        facts=Facts(record["user"], record["account"], record["event"]),
+    )

@@ -1,0 +1,101 @@
+"""The worker process: settings in, engine and actors up, run until told to stop.
+
+Playbooks are read at start and again whenever their files change; a set that
+no longer loads cleanly keeps the last good one running and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from integrations.base import Sender
+from integrations.outbox import OutboxChannel
+from orchestrator import actors
+from orchestrator.broker import build_broker
+from orchestrator.engine import Engine
+from orchestrator.loader import Catalog, load
+from orchestrator.settings import Settings
+from orchestrator.state import Store
+from orchestrator.tokens import InviteSigner
+from orchestrator.worker import run_worker
+
+logger = logging.getLogger(__name__)
+
+RELOAD_EVERY_S = 10.0
+
+
+def run_worker_process(settings: Settings, *, threads: int | None = None) -> int:
+    """Build everything a worker needs from `settings` and run it."""
+    store = Store.from_settings(settings)
+    broker = build_broker(settings)
+    declared = actors.declare(broker)
+    catalog = load_catalog(settings.playbooks, None)
+    engine = Engine(
+        store,
+        catalog,
+        InviteSigner.from_env(),
+        senders(settings),
+        declared.schedule,
+    )
+    actors.install(engine)
+    watcher = _watch(engine, settings.playbooks)
+    try:
+        return run_worker(broker, threads=threads or settings.worker_threads)
+    finally:
+        watcher.set()
+
+
+def senders(settings: Settings) -> dict[str, Sender]:
+    """The channels this process can send through.
+
+    With `REFERLOOP_OUTBOX` set, the outbox stands in for every vendor (a staging
+    run with no vendor account); the vendor adapters' senders come with them.
+    """
+    if settings.outbox is None:
+        return {}
+    names = ("outbox", "customerio", "braze", "intercom")
+    return {name: OutboxChannel(settings.outbox, stands_in_for=name) for name in names}
+
+
+def load_catalog(folder: Path, last_good: Catalog | None) -> Catalog:
+    """Load the playbooks; keep `last_good` when the new set has errors."""
+    catalog = load([folder])
+    if not catalog.has_errors or last_good is None:
+        for problem in catalog.problems:
+            if problem.is_error:
+                logger.error("Playbook problem: %s", problem)
+        return catalog
+    for problem in catalog.problems:
+        if problem.is_error:
+            logger.error("Playbook problem, keeping the last good set: %s", problem)
+    return last_good
+
+
+def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    files = sorted(folder.glob("*.y*ml")) if folder.is_dir() else [folder]
+    return tuple(
+        (path.name, path.stat().st_mtime_ns, path.stat().st_size)
+        for path in files
+        if path.exists()
+    )
+
+
+def _watch(engine: Engine, folder: Path) -> threading.Event:
+    """Reload playbooks when their files change; set the event to stop."""
+    stop = threading.Event()
+    seen = _fingerprint(folder)
+
+    def loop() -> None:
+        nonlocal seen
+        while not stop.wait(RELOAD_EVERY_S):
+            current = _fingerprint(folder)
+            if current == seen:
+                continue
+            seen = current
+            engine.catalog = load_catalog(folder, engine.catalog)
+            logger.info("Playbooks reloaded: %d in use.", len(engine.catalog.playbooks))
+
+    threading.Thread(target=loop, name="playbook-watch", daemon=True).start()
+    return stop

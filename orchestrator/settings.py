@@ -1,0 +1,84 @@
+"""Settings from the environment, and the Redis clients they call for.
+
+Every setting has a default that suits a laptop; none is read anywhere else. An
+error names the setting, never its value (a URL may carry a password).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+
+from orchestrator.errors import ConfigurationError
+
+DEFAULT_NAMESPACE = "referloop"
+DEFAULT_THREADS = 8
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a referloop process needs to know about where it runs."""
+
+    redis_url: str | None = None
+    broker_url: str | None = None
+    playbooks: Path = Path("playbooks")
+    namespace: str = DEFAULT_NAMESPACE
+    worker_threads: int = DEFAULT_THREADS
+    log_format: Literal["text", "json"] = "text"
+    outbox: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if env is None else env
+        redis_url = source.get("REDIS_URL") or None
+        if redis_url is not None and not redis_url.startswith(REDIS_SCHEMES):
+            raise ConfigurationError("REDIS_URL must start with redis://, rediss://")
+        broker_url = source.get("DRAMATIQ_BROKER_URL") or None
+        if broker_url is not None and not broker_url.startswith("amqp"):
+            raise ConfigurationError("DRAMATIQ_BROKER_URL must be an amqp:// URL")
+        if broker_url is not None and redis_url is None:
+            raise ConfigurationError("DRAMATIQ_BROKER_URL needs REDIS_URL for state")
+        return cls(
+            redis_url=redis_url,
+            broker_url=broker_url,
+            playbooks=Path(source.get("REFERLOOP_PLAYBOOKS", "playbooks")),
+            namespace=source.get("REFERLOOP_NAMESPACE", DEFAULT_NAMESPACE),
+            worker_threads=_positive_int(source, "REFERLOOP_WORKER_THREADS"),
+            log_format="json" if source.get("LOG_FORMAT") == "json" else "text",
+            outbox=Path(source["REFERLOOP_OUTBOX"])
+            if source.get("REFERLOOP_OUTBOX")
+            else None,
+        )
+
+    @property
+    def is_embedded(self) -> bool:
+        """True with no REDIS_URL: one process, in-memory state, nothing durable."""
+        return self.redis_url is None
+
+
+def redis_client(url: str, **options: Any) -> redis.Redis:
+    """A client for `url`; `rediss://` accepts Heroku's self-signed certificate.
+
+    Heroku Key-Value Store serves TLS with a self-signed certificate, so the
+    certificate is not verified; the connection is still encrypted.
+    """
+    if url.startswith("rediss://"):
+        options.setdefault("ssl_cert_reqs", None)
+    options.setdefault("health_check_interval", 30)
+    options.setdefault("socket_keepalive", True)
+    return redis.Redis.from_url(url, **options)
+
+
+def _positive_int(source: Mapping[str, str], name: str) -> int:
+    raw = source.get(name)
+    if raw is None or raw == "":
+        return DEFAULT_THREADS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigurationError(f"{name} must be a whole number of 1 or more")
+    return int(raw)
