@@ -1,5 +1,6 @@
 """The Dramatiq actors: each does one step and hands the next on, carrying ids only.
 
+    poll(cohort, slot)      read a cohort as the snapshot of a clock slot, diff it
     decide(occurrence_id)   judge each playbook the occurrence fires
     deliver(delivery_key)   send one delivery, once in effect
     dead_letter(message)    record a delivery whose retries ran out
@@ -21,7 +22,11 @@ from orchestrator.engine import Engine, Retry
 
 logger = logging.getLogger(__name__)
 
+SOURCES_QUEUE = "sources"
 TRIGGERS_QUEUE = "triggers"
+POLL_TIME_LIMIT_MS = 15 * 60_000
+# A poll older than this is worth nothing: the next slot reads the cohort anew.
+POLL_MAX_AGE_MS = 30 * 60_000
 DELIVERIES_QUEUE = "deliveries"
 DECIDE_TIME_LIMIT_MS = 60_000
 DELIVER_TIME_LIMIT_MS = 120_000
@@ -48,6 +53,7 @@ def _current() -> Engine:
 class Actors:
     """The actors as declared on one broker."""
 
+    poll: dramatiq.Actor[[str, str], None]
     decide: dramatiq.Actor[[str], None]
     deliver: dramatiq.Actor[[str], None]
     dead_letter: dramatiq.Actor[[dict[str, Any], dict[str, Any]], None]
@@ -62,6 +68,12 @@ def declare(broker: dramatiq.Broker) -> Actors:
 
     def decide(occurrence_id: str) -> None:
         _current().decide(occurrence_id)
+
+    def poll(cohort: str, slot: str) -> None:
+        _current().poll(cohort, slot, send_decide)
+
+    def send_decide(occurrence_id: str) -> None:
+        decide_actor.send(occurrence_id)
 
     def deliver(key: str) -> None:
         try:
@@ -82,14 +94,23 @@ def declare(broker: dramatiq.Broker) -> Actors:
     dead = dramatiq.actor(
         broker=broker, actor_name="dead_letter", queue_name=DELIVERIES_QUEUE
     )(dead_letter)
+    decide_actor = dramatiq.actor(
+        broker=broker,
+        actor_name="decide",
+        queue_name=TRIGGERS_QUEUE,
+        time_limit=DECIDE_TIME_LIMIT_MS,
+        max_retries=3,
+    )(decide)
     return Actors(
-        decide=dramatiq.actor(
+        poll=dramatiq.actor(
             broker=broker,
-            actor_name="decide",
-            queue_name=TRIGGERS_QUEUE,
-            time_limit=DECIDE_TIME_LIMIT_MS,
+            actor_name="poll",
+            queue_name=SOURCES_QUEUE,
+            time_limit=POLL_TIME_LIMIT_MS,
+            max_age=POLL_MAX_AGE_MS,
             max_retries=3,
-        )(decide),
+        )(poll),
+        decide=decide_actor,
         deliver=dramatiq.actor(
             broker=broker,
             actor_name="deliver",

@@ -279,6 +279,20 @@ def worker(threads: int | None) -> None:
     sys.exit(process.run_worker_process(settings, threads=threads))
 
 
+@cli.command()
+def clock() -> None:
+    """Run the clock: enqueue a poll of each cohort every REFERLOOP_POLL_MINUTES.
+
+    Two clocks running at once (as during a Heroku restart) enqueue each poll once.
+    """
+    settings = Settings.from_env()
+    if settings.is_embedded:
+        _usage("a clock needs REDIS_URL; for a local try, use `referloop run`")
+    from orchestrator import process
+
+    sys.exit(process.run_clock_process(settings))
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command; a user's mistake prints one `error:` line, no traceback."""
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from integrations.base import Member, Rejected, Sender
+from integrations.base import CohortSource, Member, Rejected, Sender
 from orchestrator import guardrails, occurrences, render
 from orchestrator.errors import (
     AmbiguousError,
@@ -71,6 +71,7 @@ class Engine:
     channels: Mapping[str, Sender]
     schedule: Schedule
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    sources: Mapping[str, CohortSource] = field(default_factory=dict)
     ledger: Ledger = field(init=False)
     occurrences: Occurrences = field(init=False)
     snapshots: Snapshots = field(init=False)
@@ -123,6 +124,27 @@ class Engine:
             pipe.execute()
         self.snapshots.add_page(cohort, snapshot_id, page, [m.user_id for m in kept])
         return [m for m in members if isinstance(m, Rejected)]
+
+    def poll(
+        self, cohort: str, snapshot_id: str, decide: Callable[[str], None]
+    ) -> Diff | None:
+        """Read a cohort from its source as the snapshot `snapshot_id` and diff it.
+
+        The source is chosen by the cohort's vendor (`mixpanel:` and so on), or
+        `*` for one that stands in for all.
+        """
+        vendor = cohort.split(":", 1)[0]
+        source = self.sources.get(vendor) or self.sources.get("*")
+        if source is None:
+            logger.warning("No source reads %s cohorts; %s not polled.", vendor, cohort)
+            return None
+        for number, page in enumerate(source.cohort_pages(cohort)):
+            for rejected in self.ingest_page(cohort, snapshot_id, number, page):
+                logger.warning(
+                    "Cohort %s: %s %s.", cohort, rejected.where, rejected.reason
+                )
+        triggers = self.cohorts().get(cohort, False)
+        return self.finish_snapshot(cohort, snapshot_id, decide if triggers else None)
 
     def finish_snapshot(
         self, cohort: str, snapshot_id: str, decide: Callable[[str], None] | None

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
-from integrations.base import Sender
+from integrations.base import CohortSource, Sender
+from integrations.filesource import FileSource
 from integrations.outbox import OutboxChannel
 from orchestrator import actors
 from orchestrator.broker import build_broker
+from orchestrator.clock import Clock, every
 from orchestrator.engine import Engine
 from orchestrator.loader import Catalog, load
 from orchestrator.settings import Settings
@@ -38,6 +42,7 @@ def run_worker_process(settings: Settings, *, threads: int | None = None) -> int
         InviteSigner.from_env(),
         senders(settings),
         declared.schedule,
+        sources=sources(settings),
     )
     actors.install(engine)
     watcher = _watch(engine, settings.playbooks)
@@ -57,6 +62,36 @@ def senders(settings: Settings) -> dict[str, Sender]:
         return {}
     names = ("outbox", "customerio", "braze", "intercom")
     return {name: OutboxChannel(settings.outbox, stands_in_for=name) for name in names}
+
+
+def sources(settings: Settings) -> dict[str, CohortSource]:
+    """The cohort sources of this process: with `REFERLOOP_SOURCE_FILE`, a file
+    stands in for every vendor (the vendor adapters' sources come with them)."""
+    if settings.source_file is None:
+        return {}
+    return {"*": FileSource(settings.source_file)}
+
+
+def run_clock_process(settings: Settings) -> int:
+    """Enqueue a poll of every cohort the playbooks name, once per slot."""
+    store = Store.from_settings(settings)
+    broker = build_broker(settings)
+    declared = actors.declare(broker)
+    catalog = load_catalog(settings.playbooks, None)
+    engine = Engine(store, catalog, InviteSigner.throwaway(), {}, declared.schedule)
+    clock = Clock(store, broker)
+    interval = every(timedelta(minutes=settings.poll_minutes))
+    for cohort in sorted(engine.cohorts()):
+        clock.add(f"poll:{cohort}", interval, _poller(declared, cohort))
+    clock.run()
+    return 0
+
+
+def _poller(declared: actors.Actors, cohort: str) -> Callable[[str], None]:
+    def enqueue(slot: str) -> None:
+        declared.poll.send(cohort, slot)
+
+    return enqueue
 
 
 def load_catalog(folder: Path, last_good: Catalog | None) -> Catalog:

@@ -18,6 +18,7 @@ from orchestrator.errors import ConfigurationError
 
 DEFAULT_NAMESPACE = "referloop"
 DEFAULT_THREADS = 8
+DEFAULT_POLL_MINUTES = 30
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -32,6 +33,8 @@ class Settings:
     worker_threads: int = DEFAULT_THREADS
     log_format: Literal["text", "json"] = "text"
     outbox: Path | None = None
+    source_file: Path | None = None
+    poll_minutes: int = DEFAULT_POLL_MINUTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -49,11 +52,15 @@ class Settings:
             broker_url=broker_url,
             playbooks=Path(source.get("REFERLOOP_PLAYBOOKS", "playbooks")),
             namespace=source.get("REFERLOOP_NAMESPACE", DEFAULT_NAMESPACE),
-            worker_threads=_positive_int(source, "REFERLOOP_WORKER_THREADS"),
+            worker_threads=_positive_int(
+                source, "REFERLOOP_WORKER_THREADS", DEFAULT_THREADS
+            ),
+            poll_minutes=_positive_int(
+                source, "REFERLOOP_POLL_MINUTES", DEFAULT_POLL_MINUTES
+            ),
+            source_file=_path(source, "REFERLOOP_SOURCE_FILE"),
             log_format="json" if source.get("LOG_FORMAT") == "json" else "text",
-            outbox=Path(source["REFERLOOP_OUTBOX"])
-            if source.get("REFERLOOP_OUTBOX")
-            else None,
+            outbox=_path(source, "REFERLOOP_OUTBOX"),
         )
 
     @property
@@ -75,10 +82,15 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def _positive_int(source: Mapping[str, str], name: str) -> int:
+def _path(source: Mapping[str, str], name: str) -> Path | None:
+    raw = source.get(name)
+    return Path(raw) if raw else None
+
+
+def _positive_int(source: Mapping[str, str], name: str, default: int) -> int:
     raw = source.get(name)
     if raw is None or raw == "":
-        return DEFAULT_THREADS
+        return default
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigurationError(f"{name} must be a whole number of 1 or more")
     return int(raw)

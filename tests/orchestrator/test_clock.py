@@ -65,14 +65,22 @@ class Recorder:
 
 
 @pytest.fixture
-def clocks(redis_url: str, store: Store) -> Iterator[Callable[[], Clock]]:
+def namespace() -> str:
+    """A namespace of the test's own: slot keys of other runs never collide."""
+    return f"referloop-test-{uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def clocks(
+    redis_url: str, store: Store, namespace: str
+) -> Iterator[Callable[[], Clock]]:
     """Clocks on the test database, each with a Redis connection of its own."""
     clients: list[redis.Redis] = []
 
     def make() -> Clock:
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         clients.append(client)
-        return Clock(Store(client, store.namespace), StubBroker())
+        return Clock(Store(client, namespace), StubBroker())
 
     yield make
     for client in clients:
@@ -132,7 +140,7 @@ def test_a_slot_is_the_same_in_any_time_zone(clocks: Callable[[], Clock]) -> Non
 
 
 def test_a_slot_key_lasts_a_few_periods(
-    clocks: Callable[[], Clock], store: Store
+    clocks: Callable[[], Clock], store: Store, namespace: str
 ) -> None:
     """The slot key outlives the misfire grace and expires after three periods."""
     clock = clocks()
@@ -144,7 +152,8 @@ def test_a_slot_key_lasts_a_few_periods(
         clock.fire(name, SLOT)
 
     def ttl_ms(name: str) -> int:
-        return int(store.redis.pttl(store.key("clock", name, SLOT.isoformat())))
+        key = Store(store.redis, namespace).key("clock", name, SLOT.isoformat())
+        return int(store.redis.pttl(key))
 
     assert 3 * 3_600_000 - 5_000 < ttl_ms("hourly") <= 3 * 3_600_000
     assert 3 * 86_400_000 - 5_000 < ttl_ms("daily") <= 3 * 86_400_000
@@ -186,7 +195,7 @@ def test_a_clock_refuses_what_would_break_its_slots(
 
 
 def test_two_clock_processes_enqueue_each_slot_once_and_stop_on_sigterm(
-    redis_url: str, store: Store, tmp_path: Path
+    redis_url: str, store: Store, namespace: str, tmp_path: Path
 ) -> None:
     """Two running clocks, as during a Heroku restart: one message per slot.
 
@@ -194,7 +203,6 @@ def test_two_clock_processes_enqueue_each_slot_once_and_stop_on_sigterm(
     clocks woke up. SIGTERM stops both cleanly.
     """
     # Given two clock processes started a moment apart
-    namespace = f"referloop-test-{uuid4().hex[:8]}"
     logs = [tmp_path / "clock-0.log", tmp_path / "clock-1.log"]
     processes = []
     for log in logs:

@@ -45,6 +45,12 @@ def namespace() -> str:
 
 
 @pytest.fixture
+def marker(namespace: str) -> str:
+    """The prefix of the keys the slow actor leaves, in the test's namespace."""
+    return f"{namespace}:marker"
+
+
+@pytest.fixture
 def start_worker(
     redis_url: str, namespace: str, tmp_path: Path
 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
@@ -90,13 +96,14 @@ def test_sigterm_lets_the_message_in_flight_finish(
     start_worker: Callable[..., subprocess.Popen[bytes]],
     slow_actor: dramatiq.Actor,
     store: Store,
+    marker: str,
     tmp_path: Path,
 ) -> None:
     """A worker asked to stop, twice, finishes its message and exits 0."""
     # Given a worker in the middle of a three-second message
     worker = start_worker()
-    slow_actor.send("m1", 3.0)
-    wait_for(lambda: store.redis.exists("m1:started") == 1, START_TIMEOUT_S)
+    slow_actor.send(marker, 3.0)
+    wait_for(lambda: store.redis.exists(f"{marker}:started") == 1, START_TIMEOUT_S)
 
     # When Heroku sends SIGTERM, and again half a second later
     worker.send_signal(signal.SIGTERM)
@@ -105,7 +112,7 @@ def test_sigterm_lets_the_message_in_flight_finish(
     exit_code = worker.wait(timeout=25)
 
     assert exit_code == 0
-    assert store.redis.get("m1:done") == "1"
+    assert store.redis.get(f"{marker}:done") == "1"
     log = log_of(tmp_path)
     assert "Stopping: waiting up to 25 s for 1 messages in flight." in log
     assert "Already stopping: SIGTERM changes nothing." in log
@@ -115,12 +122,13 @@ def test_work_still_running_at_the_stop_timeout_exits_1(
     start_worker: Callable[..., subprocess.Popen[bytes]],
     slow_actor: dramatiq.Actor,
     store: Store,
+    marker: str,
     tmp_path: Path,
 ) -> None:
     """A message longer than the stop timeout makes the worker exit 1, on time."""
     worker = start_worker(stop_timeout_s=3.0)
-    slow_actor.send("m2", 30.0)
-    wait_for(lambda: store.redis.exists("m2:started") == 1, START_TIMEOUT_S)
+    slow_actor.send(marker, 30.0)
+    wait_for(lambda: store.redis.exists(f"{marker}:started") == 1, START_TIMEOUT_S)
 
     worker.send_signal(signal.SIGTERM)
     stopping = time.monotonic()
@@ -129,7 +137,7 @@ def test_work_still_running_at_the_stop_timeout_exits_1(
 
     assert exit_code == 1
     assert took_s < 4.0
-    assert store.redis.exists("m2:done") == 0
+    assert store.redis.exists(f"{marker}:done") == 0
     assert "Stopped with 1 messages still in flight" in log_of(tmp_path)
 
 
@@ -137,25 +145,27 @@ def test_a_time_limit_stops_a_message_that_runs_too_long(
     start_worker: Callable[..., subprocess.Popen[bytes]],
     slow_actor: dramatiq.Actor,
     store: Store,
+    marker: str,
     namespace: str,
 ) -> None:
     """TimeLimit works in our worker process too: it needs the process_boot signal."""
     worker = start_worker()
-    slow_actor.send_with_options(args=("m3", 30.0), time_limit=1000)
-    wait_for(lambda: store.redis.exists("m3:started") == 1, START_TIMEOUT_S)
+    slow_actor.send_with_options(args=(marker, 30.0), time_limit=1000)
+    wait_for(lambda: store.redis.exists(f"{marker}:started") == 1, START_TIMEOUT_S)
 
     dead_letters = f"{namespace}-queue:{worker_actors.QUEUE}.XQ"
     wait_for(lambda: store.redis.zcard(dead_letters) == 1, 10.0)
     worker.send_signal(signal.SIGTERM)
 
     assert worker.wait(timeout=25) == 0
-    assert store.redis.exists("m3:done") == 0
+    assert store.redis.exists(f"{marker}:done") == 0
 
 
 def test_a_message_of_a_killed_worker_is_delivered_again_within_a_minute(
     start_worker: Callable[..., subprocess.Popen[bytes]],
     slow_actor: dramatiq.Actor,
     store: Store,
+    marker: str,
 ) -> None:
     """SIGKILL mid-message: another worker runs it again, with production tuning.
 
@@ -164,19 +174,19 @@ def test_a_message_of_a_killed_worker_is_delivered_again_within_a_minute(
     """
     # Given a worker killed in the middle of a message
     first = start_worker()
-    slow_actor.send("m4", 2.0)
-    wait_for(lambda: store.redis.get("m4:started") == "1", START_TIMEOUT_S)
+    slow_actor.send(marker, 2.0)
+    wait_for(lambda: store.redis.get(f"{marker}:started") == "1", START_TIMEOUT_S)
     first.kill()
     first.wait()
     killed = time.monotonic()
 
     # When a second worker runs
     second = start_worker()
-    wait_for(lambda: store.redis.exists("m4:done") == 1, REDELIVERY_TIMEOUT_S)
+    wait_for(lambda: store.redis.exists(f"{marker}:done") == 1, REDELIVERY_TIMEOUT_S)
     took_s = time.monotonic() - killed
     second.send_signal(signal.SIGTERM)
 
-    assert store.redis.get("m4:started") == "2"
+    assert store.redis.get(f"{marker}:started") == "2"
     assert took_s >= broker_module.HEARTBEAT_TIMEOUT_MS / 1000
     assert second.wait(timeout=25) == 0
 
@@ -239,7 +249,7 @@ def test_install_makes_the_broker_global() -> None:
 
 
 def test_an_amqp_url_carries_a_message_through_rabbitmq(
-    redis_url: str, store: Store, namespace: str
+    redis_url: str, store: Store, namespace: str, marker: str
 ) -> None:
     """DRAMATIQ_BROKER_URL: one message through the RabbitMQ on this machine."""
     settings = Settings(redis_url=redis_url, broker_url=RABBITMQ_URL)
@@ -249,9 +259,9 @@ def test_an_amqp_url_carries_a_message_through_rabbitmq(
     worker = dramatiq.Worker(broker, worker_threads=1)
     worker.start()
     try:
-        actor.send("m5", 0.0)
+        actor.send(marker, 0.0)
 
-        wait_for(lambda: store.redis.exists("m5:done") == 1, 15.0)
+        wait_for(lambda: store.redis.exists(f"{marker}:done") == 1, 15.0)
     finally:
         worker.stop()
         broker.close()
