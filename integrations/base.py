@@ -183,3 +183,53 @@ class EventSource(Protocol):
     name: ClassVar[str]
 
     def events(self) -> Iterator[ProductEvent | Rejected]: ...
+
+
+@dataclass(frozen=True)
+class LoopEvent:
+    """An event referloop reports about its own work, for the analytics vendor.
+
+    `insert_id` derives from the delivery key, so a vendor that dedupes (Mixpanel
+    `$insert_id`, Amplitude `insert_id`) ignores a resend. Properties hold ids and
+    reasons only.
+    """
+
+    insert_id: str
+    name: str
+    user_id: str
+    time: datetime
+    properties: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Takes referloop's events (nudge sent, nudge held back, reward granted)."""
+
+    name: ClassVar[str]
+
+    def record(self, events: Sequence[LoopEvent]) -> None: ...
+
+
+@dataclass(frozen=True)
+class GrantRequest:
+    """One reward for one user, as the product's entitlement API receives it.
+
+    `idempotency_key` lets the product apply a repeated request once.
+    """
+
+    idempotency_key: str
+    playbook_id: str
+    user_id: str
+    account_id: str
+    grant: str
+    amount: int | None = None
+    for_s: int | None = None
+
+
+@runtime_checkable
+class RewardTarget(Protocol):
+    """Gives grants in the product (its entitlement API)."""
+
+    name: ClassVar[str]
+
+    def grant(self, request: GrantRequest) -> Sent: ...

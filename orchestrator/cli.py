@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
 from rich.console import Console
@@ -22,7 +22,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator import local
+from orchestrator import local, logs
 from orchestrator import preview as previews
 from orchestrator import schema as schemas
 from orchestrator.errors import (
@@ -55,8 +55,7 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens, to stderr.")
 def cli(verbose: bool) -> None:
     """referloop runs B2B referral loops declared in YAML playbooks."""
-    level = logging.INFO if verbose else logging.ERROR
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.INFO if verbose else logging.WARNING, _log_style())
 
 
 @cli.command()
@@ -276,7 +275,21 @@ def worker(threads: int | None) -> None:
         _usage("a worker needs REDIS_URL; for a local try, use `referloop run`")
     from orchestrator import process
 
+    _as_a_process()
     sys.exit(process.run_worker_process(settings, threads=threads))
+
+
+@cli.command()
+@click.option("--host", default="0.0.0.0", show_default=True)  # noqa: S104 - a dyno's port
+@click.option("--port", type=int, envvar="PORT", default=8000, show_default=True)
+def web(host: str, port: int) -> None:
+    """Serve the web process (health check) on PORT."""
+    import uvicorn
+
+    from orchestrator.web import create_app
+
+    _as_a_process()
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", access_log=False)
 
 
 @cli.command()
@@ -290,6 +303,7 @@ def clock() -> None:
         _usage("a clock needs REDIS_URL; for a local try, use `referloop run`")
     from orchestrator import process
 
+    _as_a_process()
     sys.exit(process.run_clock_process(settings))
 
 
@@ -314,6 +328,15 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 # --- helpers ---------------------------------------------------------------------
+
+
+def _log_style() -> Literal["text", "json"]:
+    return "json" if os.environ.get("LOG_FORMAT") == "json" else "text"
+
+
+def _as_a_process() -> None:
+    """Processes run unattended: their INFO lines are what ops read."""
+    logs.configure(logging.INFO, _log_style())
 
 
 def _load_for_running(folder: Path) -> Catalog:
@@ -396,8 +419,9 @@ def _entry_dict(entry: LedgerEntry) -> dict[str, Any]:
 
 def _ledger_table(entries: list[LedgerEntry]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("delivery key", "playbook", "user", "outcome", "reason", "channel"):
-        table.add_column(column, overflow="fold")
+    for column in ("delivery key", "playbook", "user", "outcome", "channel"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("reason", overflow="fold")
     for entry in entries:
         fields = entry.fields
         table.add_row(
@@ -405,8 +429,8 @@ def _ledger_table(entries: list[LedgerEntry]) -> Table:
             fields.get("playbook", ""),
             fields.get("user", ""),
             entry.outcome,
-            entry.reason,
             fields.get("channel", ""),
+            entry.reason,
         )
     return table
 

@@ -45,7 +45,7 @@ def run_worker_process(settings: Settings, *, threads: int | None = None) -> int
         sources=sources(settings),
     )
     actors.install(engine)
-    watcher = _watch(engine, settings.playbooks)
+    watcher = watch(engine, settings.playbooks)
     try:
         return run_worker(broker, threads=threads or settings.worker_threads)
     finally:
@@ -117,14 +117,16 @@ def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     )
 
 
-def _watch(engine: Engine, folder: Path) -> threading.Event:
+def watch(
+    engine: Engine, folder: Path, every_s: float = RELOAD_EVERY_S
+) -> threading.Event:
     """Reload playbooks when their files change; set the event to stop."""
     stop = threading.Event()
     seen = _fingerprint(folder)
 
     def loop() -> None:
         nonlocal seen
-        while not stop.wait(RELOAD_EVERY_S):
+        while not stop.wait(every_s):
             current = _fingerprint(folder)
             if current == seen:
                 continue

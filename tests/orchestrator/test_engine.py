@@ -4,131 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import ClassVar
 
 import dramatiq
 import pytest
+from engine_rig import NOW, PLAYBOOK, WORKSPACE, make_rig
 
-from integrations.base import Member, ProductEvent, RenderedNudge, Sent
-from orchestrator import actors, occurrences
+from integrations.base import Member, RenderedNudge
+from orchestrator import actors
 from orchestrator.broker import build_broker
-from orchestrator.engine import Engine, Retry
+from orchestrator.engine import Retry
 from orchestrator.errors import AmbiguousError, PermanentError, TransientError
 from orchestrator.ledger import Outcome
 from orchestrator.loader import load
 from orchestrator.settings import Settings
-from orchestrator.state import Store
-from orchestrator.tokens import InviteSigner
-
-NOW = datetime(2026, 12, 2, 14, 0, tzinfo=UTC)  # a Wednesday afternoon in London
-
-WORKSPACE = """\
-name: engine tests
-time_zone: Europe/London
-activation:
-  property: user.activated_at
-caps:
-  per_user: 1 per 7d
-"""
-
-PLAYBOOK = """\
-id: {id}
-description: Ask for a reviewer.
-owner: growth
-priority: {priority}
-trigger:
-  event: {event}
-holdout: 0%
-nudge:
-  channel: intercom
-  fallback: [braze]
-  intercom: {{from_admin: 1}}
-  braze: {{campaign: c-1}}
-  invite: {{share: review_request}}
-  trust: Reviewers see one pack.
-  on_ambiguous: {on_ambiguous}
-  message:
-    body: "Hi {{{{ user.first_name }}}}, invite a reviewer: {{{{ invite.link }}}}"
-"""
-
-
-@dataclass
-class Vendor:
-    """A channel that records what it is given, and can be told how to answer."""
-
-    name: ClassVar[str] = "vendor"
-    answer: Callable[[RenderedNudge], None] = lambda nudge: None
-    delay_s: float = 0.0
-    sent: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def send(self, nudge: RenderedNudge) -> Sent:
-        time.sleep(self.delay_s)
-        self.answer(nudge)
-        with self.lock:
-            self.sent.append(nudge.delivery_key)
-        return Sent(vendor_id=f"v-{len(self.sent)}")
-
-
-@dataclass
-class Rig:
-    engine: Engine
-    intercom: Vendor
-    braze: Vendor
-    scheduled: list[tuple[str, int]]
-
-    def event(self, user_id: str, name: str = "pack_uploaded", **user: object) -> str:
-        profile = {"first_name": "Ada", "activated_at": "2026-01-01", **user}
-        event = ProductEvent(
-            event_id=f"evt-{user_id}-{name}",
-            name=name,
-            user_id=user_id,
-            time=NOW,
-            account_id="acct-1",
-            user=profile,
-        )
-        occurrence = occurrences.from_event(event)
-        self.engine.occurrences.save(occurrence)
-        return occurrence.occurrence_id
-
-
-def _rig(
-    store: Store,
-    tmp_path: Path,
-    playbooks: list[dict[str, object]] | None = None,
-    workspace: str = WORKSPACE,
-) -> Rig:
-    folder = tmp_path / "playbooks"
-    folder.mkdir(exist_ok=True)
-    (folder / "referloop.yaml").write_text(workspace)
-    defaults = {"priority": 0, "event": "pack_uploaded", "on_ambiguous": "hold"}
-    for spec in playbooks or [{"id": "pack-reviewers"}]:
-        text = PLAYBOOK.format(**{**defaults, **spec})
-        (folder / f"{spec['id']}.yaml").write_text(text)
-    catalog = load([folder])
-    assert not catalog.has_errors, catalog.problems
-
-    intercom, braze = Vendor(), Vendor()
-    scheduled: list[tuple[str, int]] = []
-    engine = Engine(
-        store,
-        catalog,
-        InviteSigner(["k" * 40]),
-        {"intercom": intercom, "braze": braze},
-        lambda key, delay: scheduled.append((key, delay)),
-        lambda: NOW,
-    )
-    return Rig(engine, intercom, braze, scheduled)
 
 
 def test_a_trigger_becomes_one_delivery_sent_through_the_channel(store, tmp_path):
     """Given an activated user and a product event, the playbook schedules one
     delivery and the deliver step sends it once and commits it."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
 
     keys = rig.engine.decide(rig.event("u-1"))
     outcome = rig.engine.deliver(keys[0])
@@ -143,7 +38,7 @@ def test_a_trigger_becomes_one_delivery_sent_through_the_channel(store, tmp_path
 
 def test_deciding_the_same_occurrence_twice_schedules_nothing_new(store, tmp_path):
     """A redelivered decide message finds the delivery already open."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
     occurrence_id = rig.event("u-1")
 
     first = rig.engine.decide(occurrence_id)
@@ -155,7 +50,7 @@ def test_deciding_the_same_occurrence_twice_schedules_nothing_new(store, tmp_pat
 def test_sixteen_threads_racing_one_delivery_key_send_it_once(store, tmp_path):
     """Sixteen workers holding the same message: one sends, the others find the
     key busy (and would retry) or done."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
     rig.intercom.delay_s = 0.2
     key = rig.engine.decide(rig.event("u-1"))[0]
     answers: list[str] = []
@@ -182,7 +77,7 @@ def test_sixteen_threads_racing_one_delivery_key_send_it_once(store, tmp_path):
 def test_a_delivery_sent_and_redelivered_is_not_sent_again(store, tmp_path):
     """A message redelivered after its send was committed (say its worker died
     before the broker heard of it) finds the ledger final."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
     key = rig.engine.decide(rig.event("u-1"))[0]
 
     rig.engine.deliver(key)
@@ -194,7 +89,7 @@ def test_a_delivery_sent_and_redelivered_is_not_sent_again(store, tmp_path):
 def test_a_send_cut_off_before_its_commit_is_counted_as_ambiguous(store, tmp_path):
     """A worker killed between send and commit leaves a reserved record; the next
     attempt, once the lease is gone, does not resend blindly: it is ambiguous."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
     key = rig.engine.decide(rig.event("u-1"))[0]
     rig.engine.ledger.reserve(key, "dead-worker", lease_ms=1)
     time.sleep(0.01)
@@ -210,7 +105,7 @@ def test_a_vendor_that_says_later_releases_the_key_and_asks_for_a_retry(
     store, tmp_path
 ):
     """429 with Retry-After: the key is released and the retry waits as asked."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
 
     def throttled(nudge: RenderedNudge) -> None:
         raise TransientError("intercom", "429", retry_after_s=30)
@@ -229,7 +124,7 @@ def test_a_vendor_that_says_later_releases_the_key_and_asks_for_a_retry(
 
 def test_a_channel_down_for_good_hands_over_to_the_fallback(store, tmp_path):
     """A permanent refusal from the first channel sends through the next one."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
 
     def refused(nudge: RenderedNudge) -> None:
         raise PermanentError("intercom", "no such admin", status=404)
@@ -247,7 +142,7 @@ def test_a_channel_down_for_good_hands_over_to_the_fallback(store, tmp_path):
 def test_every_channel_refusing_dead_letters_the_delivery_with_reasons(store, tmp_path):
     """No channel left: dead letter, with each channel's reason, and the cap
     it had taken is given back."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
 
     def refused(nudge: RenderedNudge) -> None:
         raise PermanentError("vendor", "bad request", status=400)
@@ -270,7 +165,7 @@ def test_every_channel_refusing_dead_letters_the_delivery_with_reasons(store, tm
 
 def test_an_ambiguous_send_is_held_when_the_playbook_says_hold(store, tmp_path):
     """A timeout after the request went out is recorded, not resent."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
 
     def timed_out(nudge: RenderedNudge) -> None:
         raise AmbiguousError("intercom", "read timeout")
@@ -286,7 +181,9 @@ def test_an_ambiguous_send_is_held_when_the_playbook_says_hold(store, tmp_path):
 
 def test_an_ambiguous_send_is_retried_when_the_playbook_says_resend(store, tmp_path):
     """`on_ambiguous: resend` takes the risk of a duplicate and retries."""
-    rig = _rig(store, tmp_path, [{"id": "pack-reviewers", "on_ambiguous": "resend"}])
+    rig = make_rig(
+        store, tmp_path, [{"id": "pack-reviewers", "on_ambiguous": "resend"}]
+    )
 
     def timed_out(nudge: RenderedNudge) -> None:
         raise AmbiguousError("intercom", "read timeout")
@@ -301,7 +198,7 @@ def test_an_ambiguous_send_is_retried_when_the_playbook_says_resend(store, tmp_p
 def test_caps_hold_across_two_playbooks_and_two_channels(store, tmp_path):
     """The workspace cap (1 per 7d per user) counts the send of one playbook
     through Intercom against another playbook that would use Braze."""
-    rig = _rig(
+    rig = make_rig(
         store,
         tmp_path,
         [
@@ -324,7 +221,7 @@ def test_caps_hold_across_two_playbooks_and_two_channels(store, tmp_path):
 
 def test_a_user_who_has_not_reached_value_is_held_back_with_a_reason(store, tmp_path):
     """No `activated_at`: held, reason `not_activated`, nothing scheduled."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
 
     key = rig.engine.decide(rig.event("u-1", activated_at=None))[0]
 
@@ -337,7 +234,7 @@ def test_quiet_hours_defer_the_delivery_to_the_recipients_morning(store, tmp_pat
     """At 23:00 in Tokyo with quiet hours 20:00-08:00, the delivery waits until
     08:00 Tokyo time: deferred, not dropped."""
     workspace = WORKSPACE + "quiet_hours: 20:00-08:00\n"
-    rig = _rig(store, tmp_path, workspace=workspace)
+    rig = make_rig(store, tmp_path, workspace=workspace)
 
     key = rig.engine.decide(rig.event("u-1", time_zone="Asia/Tokyo"))[0]
 
@@ -352,7 +249,7 @@ def test_quiet_hours_defer_the_delivery_to_the_recipients_morning(store, tmp_pat
 def test_a_repeated_cohort_ingestion_decides_for_nobody_new(store, tmp_path):
     """A cohort page ingested again, and the snapshot completed again, enter no
     one twice."""
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
     decided: list[str] = []
     members = [Member(f"u-{n}", "acct-1", {"activated_at": "x"}) for n in range(5)]
 
@@ -368,7 +265,7 @@ def test_the_real_worker_sends_every_delivery_once_through_redis(
 ):
     """End to end on the Redis broker with a real Dramatiq worker: forty users,
     forty deliveries, each sent once."""
-    rig = _rig(store, tmp_path, workspace=WORKSPACE.replace("1 per 7d", "5 per 7d"))
+    rig = make_rig(store, tmp_path, workspace=WORKSPACE.replace("1 per 7d", "5 per 7d"))
     broker = build_broker(Settings(redis_url=redis_url, namespace=store.namespace))
     declared = actors.declare(broker)
     rig.engine.schedule = declared.schedule
@@ -399,7 +296,7 @@ def test_deferral_keeps_the_delivery_for_later(store, tmp_path):
     (folder / "referloop.yaml").write_text(WORKSPACE)
     spec = {"id": "delayed", "priority": 0, "event": "pack_uploaded"}
     (folder / "delayed.yaml").write_text(text.format(**spec, on_ambiguous="hold"))
-    rig = _rig(store, tmp_path)
+    rig = make_rig(store, tmp_path)
     rig.engine.catalog = load([folder])
 
     key = rig.engine.decide(rig.event("u-1"))[0]
