@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -56,6 +56,25 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 def cli(verbose: bool) -> None:
     """referloop runs B2B referral loops declared in YAML playbooks."""
     logs.configure(logging.INFO if verbose else logging.WARNING, _log_style())
+
+
+def _local_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`--source` and `--playbooks`, shared by `run` and `plan`."""
+    source = click.option(
+        "--source",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=DEFAULT_SOURCE,
+        show_default=True,
+        help="Triggers: product events and cohort members, JSONL or CSV.",
+    )
+    folder = click.option(
+        "--playbooks",
+        "folder",
+        type=click.Path(exists=True, path_type=Path),
+        default=DEFAULT_PLAYBOOKS,
+        show_default=True,
+    )
+    return source(folder(command))
 
 
 @cli.command()
@@ -162,20 +181,7 @@ def schema(kind: str | None, folder: Path | None) -> None:
 
 
 @cli.command()
-@click.option(
-    "--source",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=DEFAULT_SOURCE,
-    show_default=True,
-    help="Triggers: product events and cohort members, JSONL or CSV.",
-)
-@click.option(
-    "--playbooks",
-    "folder",
-    type=click.Path(exists=True, path_type=Path),
-    default=DEFAULT_PLAYBOOKS,
-    show_default=True,
-)
+@_local_run_options
 @click.option(
     "--outbox",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -203,20 +209,7 @@ def run(source: Path, folder: Path, outbox: Path) -> None:
 
 
 @cli.command()
-@click.option(
-    "--source",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=DEFAULT_SOURCE,
-    show_default=True,
-    help="Triggers: product events and cohort members, JSONL or CSV.",
-)
-@click.option(
-    "--playbooks",
-    "folder",
-    type=click.Path(exists=True, path_type=Path),
-    default=DEFAULT_PLAYBOOKS,
-    show_default=True,
-)
+@_local_run_options
 def plan(source: Path, folder: Path) -> None:
     """Dry run: what the playbooks would send for these triggers, and what not, why.
 
