@@ -1,4 +1,4 @@
-"""How many deliveries a second one worker sends, beside no-op messages, on a real Redis.
+"""Deliveries per second through one worker, beside no-op messages, on a real Redis.
 
 Method: on the Redis at 127.0.0.1:6379, database 14 (flushed before and after), one
 Dramatiq worker with THREADS threads runs in this process on referloop's
@@ -412,38 +412,61 @@ def _best(samples: list[Sample], side: str) -> Sample:
 def _report(samples: list[Sample]) -> None:
     print(
         f"N = {DELIVERIES:,} per run, {THREADS} worker threads, {REPEATS} runs per "
-        f"side interleaved, warm-up {WARMUP:,} each; every referloop run checked: "
-        f"ledger sent == N, outbox lines == distinct delivery keys == N"
+        f"side interleaved after a warm-up of {WARMUP:,}; every referloop run "
+        "checked: ledger +N sent and nothing else, N outbox lines, N delivery keys"
     )
     print()
-    header = ("run", "per s", "wall s", "CPU ms", "rusage ms", "Redis ms", "cmds")
-    print(f"{header[0]:<22}" + "".join(f"{h:>10}" for h in header[1:]))
-    print(f"{'(CPU, Redis: per item)':<22}")
-    for sample in samples:
-        _report_row(f"{sample.side}", sample)
+    _report_table(samples)
     print()
     base, path = _best(samples, "baseline"), _best(samples, "referloop")
-    print("fastest of each side:")
-    _report_row("baseline: no-op msg", base)
-    _report_row("referloop: delivery", path)
-    print()
-    ratio = path.per_s / base.per_s
-    verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
-    print(f"ratio (referloop deliveries/s / baseline msgs/s): {ratio:.2f}")
-    print(f"target: at least half the no-op rate (>= {TARGET_RATIO:.2f}): {verdict}")
+    _report_verdict(base, path)
+
+
+def _report_table(samples: list[Sample]) -> None:
+    print(
+        "per item: CPU ms (process_time), rusage ms (user + sys), Redis server "
+        "CPU ms, Redis commands (Lua's own calls included)"
+    )
+    header = ("per s", "wall s", "CPU ms", "rusage ms", "Redis ms", "Redis cmds")
+    print(f"{'run':<24}" + "".join(f"{h:>11}" for h in header))
+    runs: Counter[str] = Counter()
+    for sample in samples:
+        runs[sample.side] += 1
+        _report_row(f"{sample.side} {runs[sample.side]}", sample)
+    base, path = _best(samples, "baseline"), _best(samples, "referloop")
+    _report_row("best: no-op message", base)
+    _report_row("best: delivery", path)
 
 
 def _report_row(label: str, sample: Sample) -> None:
     spent = sample.spent
     figures = (
-        f"{sample.per_s:>10,.0f}",
-        f"{spent.wall_s:>10.2f}",
-        f"{sample.ms_each(spent.cpu_s):>10.3f}",
-        f"{sample.ms_each(spent.rusage_s):>10.3f}",
-        f"{sample.ms_each(spent.redis_cpu_s):>10.3f}",
-        f"{spent.redis_commands / sample.count:>10.1f}",
+        f"{sample.per_s:>11,.0f}",
+        f"{spent.wall_s:>11.2f}",
+        f"{sample.ms_each(spent.cpu_s):>11.3f}",
+        f"{sample.ms_each(spent.rusage_s):>11.3f}",
+        f"{sample.ms_each(spent.redis_cpu_s):>11.3f}",
+        f"{spent.redis_commands / sample.count:>11.1f}",
     )
-    print(f"{label:<22}" + "".join(figures))
+    print(f"{label:<24}" + "".join(figures))
+
+
+def _report_verdict(base: Sample, path: Sample) -> None:
+    ratio = path.per_s / base.per_s
+    verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+    per_message = 2 * path.per_s / base.per_s
+    print(f"baseline: {base.per_s:,.0f} no-op messages/s")
+    print(f"referloop: {path.per_s:,.0f} deliveries/s")
+    print(f"CPU per no-op message: {base.ms_each(base.spent.cpu_s):.3f} ms")
+    print(f"CPU per delivery: {path.ms_each(path.spent.cpu_s):.3f} ms")
+    print(f"ratio (referloop deliveries/s / baseline messages/s): {ratio:.2f}")
+    print(
+        f"target: at least half the no-op rate (ratio >= {TARGET_RATIO:.2f}): {verdict}"
+    )
+    print(
+        "note: a delivery is two messages (decide, deliver); counted in messages "
+        f"the ratio is {per_message:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,18 @@ class Reservation(StrEnum):
     ORPHANED = "orphaned"
 
 
+# Open: create the record once. ARGV: created_ms, ttl_s, then field, value pairs.
+_OPEN = """
+if redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[1]) == 0 then
+  return 0
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 # Reserve: refuse when the record is final or another lease is live.
 _RESERVE = """
 local state = redis.call('HGET', KEYS[1], 'outcome')
@@ -80,14 +92,18 @@ return 'granted'
 """
 
 # Settle: only the holder of the lease may write the outcome, then it lets go.
+# ARGV: lease token, the count to add to ('' for none), then field, value pairs.
 _SETTLE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('DEL', KEYS[2])
+if ARGV[2] ~= '' then
+  redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+end
 return 1
 """
 
@@ -115,6 +131,7 @@ class Ledger:
         self.store = store
         self._reserve = store.redis.register_script(_RESERVE)
         self._settle = store.redis.register_script(_SETTLE)
+        self._open = store.redis.register_script(_OPEN)
 
     def open(self, key: str, about: Mapping[str, str]) -> bool:
         """Create the record of a delivery; False when it already exists.
@@ -123,14 +140,13 @@ class Ledger:
         """
         record = self._record(key)
         now_ms = str(_now_ms())
-        fields = {**about, "outcome": Outcome.SCHEDULED, "created_ms": now_ms}
-        created = self.store.redis.hsetnx(record, "created_ms", now_ms)
-        if not created:
+        fields = {**about, "outcome": Outcome.SCHEDULED, "updated_ms": now_ms}
+        pairs = [str(item) for pair in fields.items() for item in pair]
+        args = [now_ms, str(RECORD_TTL_S), *pairs]
+        if not self._open(keys=[record], args=args):
             return False
 
-        pipe = self.store.redis.pipeline()
-        pipe.hset(record, mapping={**fields, "updated_ms": now_ms})
-        pipe.expire(record, RECORD_TTL_S)
+        pipe = self.store.redis.pipeline(transaction=False)
         self._index(pipe, key, about)
         pipe.execute()
         return True
@@ -182,8 +198,7 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         """Outcomes counted across all deliveries, e.g. `sent`, `held:holdout`."""
-        counts = self.store.key("ledger", "counts")
-        raw = cast(dict[str, str], self.store.redis.hgetall(counts))
+        raw = cast(dict[str, str], self.store.redis.hgetall(self._counts()))
         return {name: int(value) for name, value in raw.items()}
 
     def entries(self, keys: list[str]) -> Iterator[Entry]:
@@ -198,12 +213,10 @@ class Ledger:
         self, key: str, lease_token: str, outcome: Outcome, fields: Mapping[str, str]
     ) -> bool:
         pairs = {**fields, "outcome": outcome, "updated_ms": str(_now_ms())}
-        args = [lease_token, *(item for pair in pairs.items() for item in pair)]
-        settled = bool(
-            self._settle(keys=[self._record(key), self._lease(key)], args=args)
-        )
-        if settled and outcome in FINAL:
-            self._count(outcome)
+        count = outcome.value if outcome in FINAL else ""
+        args = [lease_token, count, *(item for pair in pairs.items() for item in pair)]
+        keys = [self._record(key), self._lease(key), self._counts()]
+        settled = bool(self._settle(keys=keys, args=args))
         if not settled:
             logger.warning(
                 "Lost the lease on delivery %s before recording %s.", key, outcome
@@ -221,7 +234,10 @@ class Ledger:
         return str(previous) if previous is not None else None
 
     def _count(self, name: str) -> None:
-        self.store.redis.hincrby(self.store.key("ledger", "counts"), name, 1)
+        self.store.redis.hincrby(self._counts(), name, 1)
+
+    def _counts(self) -> str:
+        return self.store.key("ledger", "counts")
 
     def _index(self, pipe: Pipeline, key: str, about: Mapping[str, str]) -> None:
         now_ms = _now_ms()

@@ -7,6 +7,7 @@ loops and output are bounded, because playbooks are edited by many hands.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from liquid.exceptions import LiquidError
 from orchestrator.errors import TemplateError
 from orchestrator.problems import did_you_mean
 
+PARSED_CACHE_SIZE = 512
 MAX_LOOP_ITERATIONS = 1_000
 MAX_OUTPUT_CHARS = 64 * 1024
 MAX_CONTEXT_DEPTH = 20
@@ -86,8 +88,14 @@ class Scope:
         return known.get(root)
 
 
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
 def parse(source: str) -> BoundTemplate:
-    """Parse `source`; raises LiquidError on a syntax error."""
+    """Parse `source`; raises LiquidError on a syntax error.
+
+    Parsed templates are kept: a worker renders the same few templates for every
+    delivery, and parsing costs more than rendering. A parsed template holds no
+    state of a render, so threads share it safely.
+    """
     return ENVIRONMENT.from_string(source)
 
 
