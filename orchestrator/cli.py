@@ -55,7 +55,7 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens, to stderr.")
 def cli(verbose: bool) -> None:
     """referloop runs B2B referral loops declared in YAML playbooks."""
-    logs.configure(logging.INFO if verbose else logging.WARNING, _log_style())
+    logs.configure(logging.INFO if verbose else logging.ERROR, _log_style())
 
 
 def _local_run_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -15,6 +15,7 @@ personal data or message bodies.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -62,10 +63,13 @@ class Reservation(StrEnum):
     ORPHANED = "orphaned"
 
 
-# Open: create the record once. ARGV: created_ms, ttl_s, then field, value pairs.
+# Every script is safe to run twice: a Redis client that lost a reply sends the
+# command again, and the second run must answer as the first did.
+
+# Open: create the record once. ARGV: token, ttl_s, then field, value pairs.
 _OPEN = """
-if redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[1]) == 0 then
-  return 0
+if redis.call('HSETNX', KEYS[1], 'opened_by', ARGV[1]) == 0 then
+  return redis.call('HGET', KEYS[1], 'opened_by') == ARGV[1] and 1 or 0
 end
 for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
@@ -79,6 +83,9 @@ _RESERVE = """
 local state = redis.call('HGET', KEYS[1], 'outcome')
 if state == 'sent' or state == 'held' or state == 'ambiguous' or state == 'dead' then
   return 'done'
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  return 'granted'
 end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 'busy'
@@ -95,16 +102,30 @@ return 'granted'
 # ARGV: lease token, the count to add to ('' for none), then field, value pairs.
 _SETTLE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return 0
+  return redis.call('HGET', KEYS[1], 'settled_by') == ARGV[1] and 1 or 0
 end
 for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'settled_by', ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 end
+redis.call('DEL', KEYS[2])
 return 1
+"""
+
+# Set an outcome outside a lease; count it only when it changes.
+# ARGV: the count to add to ('' for none), then field, value pairs (outcome first).
+_SET = """
+local previous = redis.call('HGET', KEYS[1], 'outcome')
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if ARGV[1] ~= '' and previous ~= ARGV[3] then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+end
+return previous
 """
 
 
@@ -132,6 +153,7 @@ class Ledger:
         self._reserve = store.redis.register_script(_RESERVE)
         self._settle = store.redis.register_script(_SETTLE)
         self._open = store.redis.register_script(_OPEN)
+        self._setter = store.redis.register_script(_SET)
 
     def open(self, key: str, about: Mapping[str, str]) -> bool:
         """Create the record of a delivery; False when it already exists.
@@ -140,9 +162,14 @@ class Ledger:
         """
         record = self._record(key)
         now_ms = str(_now_ms())
-        fields = {**about, "outcome": Outcome.SCHEDULED, "updated_ms": now_ms}
+        fields = {
+            **about,
+            "outcome": Outcome.SCHEDULED,
+            "created_ms": now_ms,
+            "updated_ms": now_ms,
+        }
         pairs = [str(item) for pair in fields.items() for item in pair]
-        args = [now_ms, str(RECORD_TTL_S), *pairs]
+        args = [secrets.token_hex(8), str(RECORD_TTL_S), *pairs]
         if not self._open(keys=[record], args=args):
             return False
 
@@ -171,16 +198,14 @@ class Ledger:
 
     def hold(self, key: str, reason: str) -> None:
         """Record a decision not to send, with the guardrail's reason."""
-        if self._set(key, Outcome.HELD, reason=reason) != Outcome.HELD:
-            self._count(f"held:{reason.split(':', 1)[0]}")
+        self._set(key, Outcome.HELD, f"held:{reason.split(':', 1)[0]}", reason=reason)
 
     def defer(self, key: str, until_ms: int, reason: str) -> None:
-        self._set(key, Outcome.DEFERRED, reason=reason, until_ms=str(until_ms))
+        self._set(key, Outcome.DEFERRED, "", reason=reason, until_ms=str(until_ms))
 
     def dead(self, key: str, reason: str) -> None:
         """Give up on a delivery, with why; it is listed among the dead letters."""
-        if self._set(key, Outcome.DEAD, reason=reason) != Outcome.DEAD:
-            self._count(Outcome.DEAD)
+        self._set(key, Outcome.DEAD, Outcome.DEAD.value, reason=reason)
         self.store.redis.zadd(self.store.key("dead"), {key: _now_ms()})
 
     def get(self, key: str) -> Entry | None:
@@ -223,18 +248,12 @@ class Ledger:
             )
         return settled
 
-    def _set(self, key: str, outcome: Outcome, **fields: str) -> str | None:
-        """Write `outcome`; return the outcome it replaced, so counts stay once."""
-        record = self._record(key)
-        mapping = {**fields, "outcome": outcome, "updated_ms": str(_now_ms())}
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hget(record, "outcome")
-        pipe.hset(record, mapping=mapping)
-        previous, _ = pipe.execute()
-        return str(previous) if previous is not None else None
-
-    def _count(self, name: str) -> None:
-        self.store.redis.hincrby(self._counts(), name, 1)
+    def _set(self, key: str, outcome: Outcome, count: str, **fields: str) -> None:
+        """Write `outcome`, adding one to `count` only if the outcome changed."""
+        mapping = {"outcome": outcome.value, **fields, "updated_ms": str(_now_ms())}
+        pairs = [item for pair in mapping.items() for item in pair]
+        keys = [self._record(key), self._counts()]
+        self._setter(keys=keys, args=[count, *pairs])
 
     def _counts(self) -> str:
         return self.store.key("ledger", "counts")

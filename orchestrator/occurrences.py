@@ -76,10 +76,15 @@ class Occurrences:
         self.store = store
 
     def save(self, occurrence: Occurrence) -> bool:
-        """Keep `occurrence`; False when its id was already saved (a duplicate)."""
+        """Keep `occurrence`; False when its id holds a different record."""
         record = json.dumps(_to_record(occurrence), separators=(",", ":"))
         key = self.store.key("occurrence", occurrence.occurrence_id)
-        return bool(self.store.redis.set(key, record, nx=True, ex=TTL_S))
+        if self.store.redis.set(key, record, nx=True, ex=TTL_S):
+            return True
+        # The same record already there: a retried command whose reply was lost,
+        # or the same event reported again; deciding again is harmless either way,
+        # because the ledger opens each delivery once.
+        return self.store.redis.get(key) == record
 
     def load(self, occurrence_id: str) -> Occurrence | None:
         key = self.store.key("occurrence", occurrence_id)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
 
 from orchestrator.errors import ConfigurationError
 
@@ -20,6 +22,12 @@ DEFAULT_NAMESPACE = "referloop"
 DEFAULT_THREADS = 8
 DEFAULT_POLL_MINUTES = 30
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# A Redis that restarts or fails over is back within seconds; a client retries a
+# command for about half a minute (12 tries, backoff 0.25 s doubling to 5 s, with
+# jitter) before an error reaches the code. Every write is safe to repeat.
+REDIS_RETRIES = 12
+REDIS_BACKOFF_BASE_S = 0.25
+REDIS_BACKOFF_CAP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -72,12 +80,17 @@ class Settings:
 def redis_client(url: str, **options: Any) -> redis.Redis:
     """A client for `url`; `rediss://` accepts Heroku's self-signed certificate.
 
+    Commands are retried through a short outage (see `REDIS_RETRIES`); pass
+    `retry=` to change that, as a health check that must answer at once does.
+
     Heroku Key-Value Store serves TLS with a self-signed certificate, so the
     certificate is not verified; the connection is still encrypted.
     """
     if url.startswith("rediss://"):
         options.setdefault("ssl_cert_reqs", None)
     options.setdefault("health_check_interval", 30)
+    backoff = EqualJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S)
+    options.setdefault("retry", Retry(backoff, REDIS_RETRIES))
     options.setdefault("socket_keepalive", True)
     return redis.Redis.from_url(url, **options)
 

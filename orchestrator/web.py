@@ -8,20 +8,24 @@ enqueues; work happens in workers.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
-import dramatiq
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from orchestrator.broker import build_broker
-from orchestrator.settings import Settings
-from orchestrator.state import Store
+from orchestrator.settings import Settings, redis_client
 
 logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 2.0
+AMQP_PORT = 5672
 
 Probe = Callable[[], bool]
 
@@ -29,11 +33,14 @@ Probe = Callable[[], bool]
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app for `settings` (from the environment when not given)."""
     settings = settings or Settings.from_env()
-    store = Store.from_settings(settings)
-    broker = build_broker(settings)
+    state = _probe_client(settings)
+    amqp = settings.broker_url
     probes: dict[str, Probe] = {
-        "redis": lambda: _pings(store.redis),
-        "broker": lambda: _broker_answers(broker),
+        "redis": lambda: state is None or _pings(state),
+        # The Redis broker lives on the same Redis as the state.
+        "broker": lambda: (
+            _tcp_answers(amqp) if amqp else state is None or _pings(state)
+        ),
     }
 
     async def health(request: Request) -> JSONResponse:
@@ -45,6 +52,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(routes=[Route("/health", health, methods=["GET"])])
 
 
+def _probe_client(settings: Settings) -> redis.Redis | None:
+    """A client that answers at once: a health check must not ride out an outage."""
+    if settings.redis_url is None:
+        return None
+    no_retry = Retry(NoBackoff(), 0)
+    return redis_client(
+        settings.redis_url, retry=no_retry, socket_timeout=PROBE_TIMEOUT_S
+    )
+
+
 def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
@@ -53,8 +70,13 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-def _broker_answers(broker: dramatiq.Broker) -> bool:
-    client = getattr(broker, "client", None)
-    if client is None:  # the in-process broker, or RabbitMQ: reachable if built
-        return True
-    return _pings(client)
+def _tcp_answers(url: str) -> bool:
+    """Whether the broker's host takes a connection (RabbitMQ)."""
+    parts = urlsplit(url)
+    address = (parts.hostname or "localhost", parts.port or AMQP_PORT)
+    try:
+        with socket.create_connection(address, timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        logger.warning("Health check: the broker does not answer.")
+        return False
