@@ -205,7 +205,7 @@ class Engine:
             "occurrence": occurrence.occurrence_id,
             "channel": playbook.nudge.channel,
         }
-        if not self.ledger.open(key, about):
+        if not self.ledger.open(key, about) and not self._still_open(key):
             return None  # decided before: a redelivered message
 
         reason = self._held_back(playbook, occurrence)
@@ -217,36 +217,34 @@ class Engine:
         self._schedule(key, playbook, occurrence)
         return key
 
+    def _still_open(self, key: str) -> bool:
+        """True when an earlier decision opened `key` but was cut off before judging.
+
+        Judging again is safe: a hold is recorded once, and a delivery scheduled
+        twice is sent once.
+        """
+        entry = self.ledger.get(key)
+        return entry is not None and entry.outcome == Outcome.SCHEDULED
+
     def _held_back(self, playbook: Playbook, occurrence: Occurrence) -> str | None:
         """The first guardrail that holds this delivery back, as a reason code."""
-        facts = occurrence.facts
-        checks: Sequence[Callable[[], str | None]] = (
-            lambda: self._value_gate(playbook, occurrence),
-            lambda: _unless(
-                guardrails.matches(
-                    playbook.trigger.where, facts.user, facts.account, facts.event
-                ),
-                "conditions",
-            ),
-            lambda: _unless(
-                guardrails.matches(
-                    playbook.audience.account, facts.user, facts.account, {}
-                ),
-                "audience",
-            ),
-            lambda: self._excluded(playbook, occurrence),
-            lambda: self._reentry(playbook, occurrence),
-            lambda: _when(
-                guardrails.in_holdout(
-                    playbook.id, occurrence.user_id, playbook.holdout
-                ),
-                "holdout",
-            ),
-        )
-        for check in checks:
-            reason = check()
-            if reason is not None:
-                return reason
+        user, account = occurrence.facts.user, occurrence.facts.account
+        gate = self._value_gate(playbook, occurrence)
+        if gate is not None:
+            return gate
+        if not guardrails.matches(
+            playbook.trigger.where, user, account, occurrence.facts.event
+        ):
+            return "conditions"
+        if not guardrails.matches(playbook.audience.account, user, account):
+            return "audience"
+        excluded = self._excluded(playbook, occurrence)
+        if excluded is not None:
+            return excluded
+        if self._is_reentry(playbook, occurrence):
+            return "reentry"
+        if guardrails.in_holdout(playbook.id, occurrence.user_id, playbook.holdout):
+            return "holdout"
         return None
 
     def _value_gate(self, playbook: Playbook, occurrence: Occurrence) -> str | None:
@@ -269,17 +267,18 @@ class Engine:
                 return f"excluded:{cohort}"
         return None
 
-    def _reentry(self, playbook: Playbook, occurrence: Occurrence) -> str | None:
+    def _is_reentry(self, playbook: Playbook, occurrence: Occurrence) -> bool:
+        """True when the user was nudged by this playbook too recently to re-enter."""
         rule = playbook.limits.reentry
         if rule.mode == "every_time":
-            return None
+            return False
         last = self.store.redis.get(self._reentry_key(playbook.id, occurrence.user_id))
         if last is None:
-            return None
+            return False
         if rule.mode == "once" or rule.after is None:
-            return "reentry"
+            return True
         since = self.clock() - datetime.fromtimestamp(int(str(last)) / 1000, UTC)
-        return "reentry" if since < rule.after else None
+        return since < rule.after
 
     def _schedule(self, key: str, playbook: Playbook, occurrence: Occurrence) -> None:
         now = self.clock()
@@ -482,10 +481,6 @@ def _member_from(user_id: str, record: str | None) -> Member:
 
 def _unless(condition: bool, reason: str) -> str | None:
     return None if condition else reason
-
-
-def _when(condition: bool, reason: str) -> str | None:
-    return reason if condition else None
 
 
 def _lookup(path: str, user: Mapping[str, Any], account: Mapping[str, Any]) -> Any:

@@ -36,15 +36,32 @@ def test_a_trigger_becomes_one_delivery_sent_through_the_channel(store, tmp_path
     assert (entry.outcome, entry.fields["channel"]) == ("sent", "intercom")
 
 
-def test_deciding_the_same_occurrence_twice_schedules_nothing_new(store, tmp_path):
-    """A redelivered decide message finds the delivery already open."""
+def test_deciding_the_same_occurrence_twice_sends_once(store, tmp_path):
+    """A redelivered decide message (its worker died before acknowledging it)
+    judges again, since the first run may have been cut off before scheduling;
+    the delivery it schedules twice is still sent once."""
     rig = make_rig(store, tmp_path)
     occurrence_id = rig.event("u-1")
 
     first = rig.engine.decide(occurrence_id)
     second = rig.engine.decide(occurrence_id)
+    for key, _ in rig.scheduled:
+        rig.engine.deliver(key)
 
-    assert (len(first), second, len(rig.scheduled)) == (1, [], 1)
+    assert first == second
+    assert rig.intercom.sent == first
+
+
+def test_a_decision_already_carried_out_is_not_made_again(store, tmp_path):
+    """Once the delivery was sent (or held), a redelivered decide does nothing."""
+    rig = make_rig(store, tmp_path)
+    occurrence_id = rig.event("u-1")
+    key = rig.engine.decide(occurrence_id)[0]
+    rig.engine.deliver(key)
+
+    again = rig.engine.decide(occurrence_id)
+
+    assert (again, len(rig.scheduled)) == ([], 1)
 
 
 def test_sixteen_threads_racing_one_delivery_key_send_it_once(store, tmp_path):
