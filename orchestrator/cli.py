@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -381,6 +382,10 @@ def _print_report(report: local.Report, sent_words: str) -> None:
         summary.add_row(label, str(count))
     console.print(summary)
     console.print(_playbook_outcomes(report))
+    if report.deferred:
+        times = sorted(until for _, _, until in report.deferred if until)
+        first, last = (_utc(times[0]), _utc(times[-1])) if times else ("?", "?")
+        console.print(f"deferred deliveries are due from {first} to {last} (UTC)")
     for rejected in report.rejected:
         console.print(f"rejected {rejected.where}: {rejected.reason}", markup=False)
     console.print(f"done in {report.seconds:.1f} s", style="dim")
@@ -404,6 +409,10 @@ def _playbook_outcomes(report: local.Report) -> Table:
             str(tally.get("dead", 0)),
         )
     return table
+
+
+def _utc(moment_ms: int) -> str:
+    return datetime.fromtimestamp(moment_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _entry_dict(entry: LedgerEntry) -> dict[str, Any]:
