@@ -48,6 +48,7 @@ from typing import Any, cast
 
 import dramatiq
 import redis
+from benchredis import URL, connect
 from dramatiq.middleware import Middleware
 
 from integrations.base import ProductEvent
@@ -60,7 +61,6 @@ from orchestrator.settings import Settings
 from orchestrator.state import Store
 from orchestrator.tokens import InviteSigner
 
-URL = "redis://127.0.0.1:6379/14"
 NAMESPACE = "referloop-bench"
 DELIVERIES = 5_000
 WARMUP = 200
@@ -240,16 +240,6 @@ class BenchError(Exception):
     """The benchmark could not measure what it set out to; one line says why."""
 
 
-def _connect() -> redis.Redis:
-    client = redis.Redis.from_url(URL, decode_responses=True)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        print(f"error: no Redis answers at {URL}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    return client
-
-
 def _catalog(folder: Path) -> Catalog:
     playbooks = folder / "playbooks"
     playbooks.mkdir()
@@ -393,7 +383,7 @@ def _run(client: redis.Redis) -> list[Sample]:
 def main() -> None:
     print(METHOD)
     print()
-    client = _connect()
+    client = connect()
     client.flushdb()
     try:
         samples = _run(client)

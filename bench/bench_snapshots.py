@@ -24,7 +24,6 @@ Run: `uv run python bench/bench_snapshots.py`
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from itertools import islice
 from typing import Any, TypeVar, cast
 
 import redis
+from benchredis import connect
 
 from orchestrator.snapshots import Diff, Snapshots
 from orchestrator.state import Store
 
-URL = "redis://127.0.0.1:6379/14"
 MEMBERS = 1_000_000
 CHURN_PCT = 1
 PAGE_SIZE = 1000
@@ -103,16 +102,6 @@ def _drain(snapshots: Snapshots, snapshot_id: str) -> int:
     return entered + exited
 
 
-def _connect() -> redis.Redis:
-    client = redis.Redis.from_url(URL, decode_responses=True)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        print(f"error: no Redis answers at {URL}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    return client
-
-
 def _verdict(value: float, target: float) -> str:
     return "meets target" if value < target else "OVER TARGET"
 
@@ -134,7 +123,7 @@ class Figures:
 
 
 def main() -> None:
-    client = _connect()
+    client = connect()
     client.flushdb()
     try:
         _report(_measure(client))
