@@ -11,7 +11,9 @@ from orchestrator.errors import (
     PermanentError,
     PlaybookError,
     ReferloopError,
+    TemplateError,
     TransientError,
+    UsageError,
     VendorError,
 )
 from orchestrator.problems import Position, Problem, Severity
@@ -25,6 +27,8 @@ __all__ = [
     "Problem",
     "ReferloopError",
     "Severity",
+    "TemplateError",
     "TransientError",
+    "UsageError",
     "VendorError",
 ]
