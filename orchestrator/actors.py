@@ -1,9 +1,14 @@
 """The Dramatiq actors: each does one step and hands the next on, carrying ids only.
 
-    poll(cohort, slot)      read a cohort as the snapshot of a clock slot, diff it
-    decide(occurrence_id)   judge each playbook the occurrence fires
-    deliver(delivery_key)   send one delivery, once in effect
-    dead_letter(message)    record a delivery whose retries ran out
+    poll(cohort, slot)          read a cohort as the snapshot of a clock slot, diff it
+    decide(occurrence_ids)      judge each playbook the occurrences fire
+    deliver(delivery_keys)      send each delivery, once in effect
+    dead_letter(message)        record deliveries whose retries ran out
+
+`decide` and `deliver` take up to BATCH ids, so that a message's own cost and
+the engine's round trips are shared by the batch. Each key keeps its own fate:
+one that must wait is sent on alone, as `deliver([key])`, with its delay. A
+message of the older form, one id, is still understood.
 
 Actors are declared on a given broker (`declare`), so that the worker, the embedded
 run and the tests each bind them to their own; they find the engine of their
@@ -13,12 +18,14 @@ process through `install`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
-from orchestrator.engine import Engine, Retry
+from orchestrator.engine import CHUNK_MAX, Engine, Retry
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,7 @@ DELIVER_TIME_LIMIT_MS = 120_000
 DELIVER_MAX_RETRIES = 8
 DELIVER_MIN_BACKOFF_MS = 15_000
 DELIVER_MAX_BACKOFF_MS = 30 * 60_000
+BATCH = CHUNK_MAX
 
 _engine: Engine | None = None
 
@@ -54,54 +62,64 @@ class Actors:
     """The actors as declared on one broker."""
 
     poll: dramatiq.Actor[[str, str], None]
-    decide: dramatiq.Actor[[str], None]
-    deliver: dramatiq.Actor[[str], None]
+    decide: dramatiq.Actor[[list[str]], None]
+    deliver: dramatiq.Actor[[list[str]], None]
     dead_letter: dramatiq.Actor[[dict[str, Any], dict[str, Any]], None]
 
-    def schedule(self, key: str, delay_ms: int) -> None:
-        """Hand a delivery to the deliver step, now or after `delay_ms`."""
-        self.deliver.send_with_options(args=(key,), delay=delay_ms or None)
+    def decide_all(self, occurrence_ids: Sequence[str]) -> None:
+        """Hand occurrences to the decide step, BATCH to a message."""
+        for chunk in _chunks(occurrence_ids):
+            self.decide.send(chunk)
+
+    def schedule(self, keys: Sequence[str], delay_ms: int) -> None:
+        """Hand deliveries to the deliver step, now or after `delay_ms`."""
+        for chunk in _chunks(keys):
+            self.deliver.send_with_options(args=(chunk,), delay=delay_ms or None)
 
 
 def declare(broker: dramatiq.Broker) -> Actors:
     """Declare the actors on `broker` and return them."""
 
-    def decide(occurrence_id: str) -> None:
-        _current().decide(occurrence_id)
+    def decide(occurrence_ids: list[str] | str) -> None:
+        _current().decide_many(_listed(occurrence_ids))
 
     def poll(cohort: str, slot: str) -> None:
-        _current().poll(cohort, slot, send_decide)
+        _current().poll(cohort, slot, declared.decide_all)
 
-    def send_decide(occurrence_id: str) -> None:
-        decide_actor.send(occurrence_id)
-
-    def deliver(key: str) -> None:
-        try:
-            _current().deliver(key)
-        except Retry as exc:
+    def deliver(keys: list[str] | str) -> None:
+        listed = _listed(keys)
+        results = _current().deliver_many(listed)
+        retries = [(k, r) for k, r in results.items() if isinstance(r, Retry)]
+        if len(listed) == 1 and retries:
+            key, retry = retries[0]
             logger.info(
-                "Delivery %s retries in %d ms: %s.", key, exc.delay_ms, exc.reason
+                "Delivery %s retries in %d ms: %s.", key, retry.delay_ms, retry.reason
             )
-            raise dramatiq.Retry(exc.reason, delay=exc.delay_ms or None) from exc
+            raise dramatiq.Retry(retry.reason, delay=retry.delay_ms or None) from retry
+        for key, retry in retries:
+            _retry_alone(key, retry)
+
+    def _retry_alone(key: str, retry: Retry) -> None:
+        # As Dramatiq's own retry would: counted, and after a backoff at least.
+        message = CurrentMessage.get_current_message()
+        retries = (message.options.get("retries", 0) if message else 0) + 1
+        delay_ms = retry.delay_ms or DELIVER_MIN_BACKOFF_MS
+        logger.info("Delivery %s retries in %d ms: %s.", key, delay_ms, retry.reason)
+        declared.deliver.send_with_options(
+            args=([key],), delay=delay_ms, retries=retries
+        )
 
     def dead_letter(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
         args = message.get("args") or [""]
-        key = str(args[0])
         retries = retry_info.get("retries", "?")
-        _current().bury(key, f"retries exhausted after {retries} attempts")
-        logger.warning("Delivery %s is dead after %s retries.", key, retries)
+        for key in _listed(args[0]):
+            _current().bury(key, f"retries exhausted after {retries} attempts")
+            logger.warning("Delivery %s is dead after %s retries.", key, retries)
 
     dead = dramatiq.actor(
         broker=broker, actor_name="dead_letter", queue_name=DELIVERIES_QUEUE
     )(dead_letter)
-    decide_actor = dramatiq.actor(
-        broker=broker,
-        actor_name="decide",
-        queue_name=TRIGGERS_QUEUE,
-        time_limit=DECIDE_TIME_LIMIT_MS,
-        max_retries=3,
-    )(decide)
-    return Actors(
+    declared = Actors(
         poll=dramatiq.actor(
             broker=broker,
             actor_name="poll",
@@ -110,7 +128,13 @@ def declare(broker: dramatiq.Broker) -> Actors:
             max_age=POLL_MAX_AGE_MS,
             max_retries=3,
         )(poll),
-        decide=decide_actor,
+        decide=dramatiq.actor(
+            broker=broker,
+            actor_name="decide",
+            queue_name=TRIGGERS_QUEUE,
+            time_limit=DECIDE_TIME_LIMIT_MS,
+            max_retries=3,
+        )(decide),
         deliver=dramatiq.actor(
             broker=broker,
             actor_name="deliver",
@@ -123,3 +147,13 @@ def declare(broker: dramatiq.Broker) -> Actors:
         )(deliver),
         dead_letter=dead,
     )
+    return declared
+
+
+def _listed(ids: list[str] | str) -> list[str]:
+    """A message's ids as a list: one id is the form of messages sent before."""
+    return [ids] if isinstance(ids, str) else [str(i) for i in ids]
+
+
+def _chunks(ids: Sequence[str]) -> list[list[str]]:
+    return [list(ids[at : at + BATCH]) for at in range(0, len(ids), BATCH)]

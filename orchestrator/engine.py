@@ -9,6 +9,10 @@ Two steps, each run by its own actor:
 - `deliver`: take the caps, reserve the delivery key, render, send through the
   channel (then its fallbacks), and commit. A vendor that says "later" is retried
   by Dramatiq; one that says "never" hands over to the next channel.
+
+Both steps take batches (`decide_many`, `deliver_many`): each phase of a batch is
+one Redis round trip, while every delivery keeps its own scripts, so its caps,
+lease and outcome are as atomic as when it goes alone.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from integrations.base import CohortSource, Member, Rejected, Sender
+from redis.client import Pipeline
+
+from integrations.base import CohortSource, Member, Rejected, Sender, Sent
 from orchestrator import guardrails, occurrences, render
 from orchestrator.errors import (
     AmbiguousError,
@@ -30,7 +37,7 @@ from orchestrator.errors import (
     TransientError,
 )
 from orchestrator.keys import delivery_key
-from orchestrator.ledger import FINAL, Ledger, Outcome, Reservation
+from orchestrator.ledger import FINAL, LEASE_MS, Entry, Ledger, Outcome, Reservation
 from orchestrator.loader import Catalog, LoadedPlaybook
 from orchestrator.model import Playbook, Workspace
 from orchestrator.occurrences import Occurrence, Occurrences
@@ -45,7 +52,15 @@ STEP = "nudge"
 BUSY_RETRY_MS = 5_000
 MEMBER_FACTS_TTL_S = 86_400
 
-Schedule = Callable[[str, int], None]
+# Deliveries are handed on in chunks as large as this; the chunk that reserves,
+# sends and commits together is sized to send in CHUNK_BUDGET_MS, a quarter of
+# a lease, so each lease outlives the sends it covers.
+CHUNK_MAX = 100
+CHUNK_BUDGET_MS = LEASE_MS // 4
+# A deliver message stops sending after this, half its actor's time limit.
+BATCH_BUDGET_MS = 60_000
+
+Schedule = Callable[[list[str], int], None]
 
 
 class Retry(Exception):
@@ -61,7 +76,7 @@ class Retry(Exception):
 class Engine:
     """The state and playbooks one worker process decides and delivers with.
 
-    `schedule(delivery_key, delay_ms)` hands a delivery to the deliver step;
+    `schedule(delivery_keys, delay_ms)` hands deliveries to the deliver step;
     `clock` gives the current time (tests move it).
     """
 
@@ -126,7 +141,7 @@ class Engine:
         return [m for m in members if isinstance(m, Rejected)]
 
     def poll(
-        self, cohort: str, snapshot_id: str, decide: Callable[[str], None]
+        self, cohort: str, snapshot_id: str, decide: Callable[[list[str]], None]
     ) -> Diff | None:
         """Read a cohort from its source as the snapshot `snapshot_id` and diff it.
 
@@ -147,12 +162,16 @@ class Engine:
         return self.finish_snapshot(cohort, snapshot_id, decide if triggers else None)
 
     def finish_snapshot(
-        self, cohort: str, snapshot_id: str, decide: Callable[[str], None] | None
+        self,
+        cohort: str,
+        snapshot_id: str,
+        decide: Callable[[list[str]], None] | None,
     ) -> Diff:
         """Diff the snapshot against the last one and decide for each entered user.
 
-        With `decide` None the cohort only gates or excludes: its membership is
-        kept and nobody is judged.
+        `decide` is given the occurrence ids a batch of entered users fired. With
+        `decide` None the cohort only gates or excludes: its membership is kept
+        and nobody is judged.
         """
         diff = self.snapshots.complete(cohort, snapshot_id)
         facts = self.store.key("member-facts", cohort, snapshot_id)
@@ -160,11 +179,14 @@ class Engine:
         batches = self.snapshots.entered(cohort, snapshot_id) if decide else iter(())
         for batch in batches:
             records = cast(list[str | None], self.store.redis.hmget(facts, batch))
+            fired = []
             for user_id, record in zip(batch, records, strict=True):
                 member = _member_from(user_id, record)
                 occurrence = occurrences.from_member(cohort, snapshot_id, member, at)
-                if self.occurrences.save(occurrence) and decide is not None:
-                    decide(occurrence.occurrence_id)
+                if self.occurrences.save(occurrence):
+                    fired.append(occurrence.occurrence_id)
+            if fired and decide is not None:
+                decide(fired)
         self.store.redis.delete(facts)
         self.snapshots.discard(cohort, snapshot_id)
         return diff
@@ -173,17 +195,57 @@ class Engine:
 
     def decide(self, occurrence_id: str) -> list[str]:
         """Judge every playbook this occurrence fires; return the delivery keys."""
-        occurrence = self.occurrences.load(occurrence_id)
-        if occurrence is None:
-            logger.warning("Occurrence %s is gone; nothing to decide.", occurrence_id)
-            return []
+        return self.decide_many([occurrence_id])
 
-        keys = []
-        for loaded in self._playbooks_for(occurrence):
-            key = self._decide_one(loaded.playbook, occurrence)
-            if key is not None:
-                keys.append(key)
-        return keys
+    def decide_many(self, occurrence_ids: Sequence[str]) -> list[str]:
+        """Judge every playbook each occurrence fires; return the delivery keys.
+
+        The batch costs a few round trips, not a few per occurrence. The
+        deliveries due now go to the deliver step together; deferred ones alone.
+        """
+        fired = self._fired(occurrence_ids)
+        opened = self._open(fired)
+        lasts = self._last_sent(opened)
+
+        due: list[str] = []
+        later: list[tuple[str, int]] = []
+        pipe = self.store.redis.pipeline(transaction=False)
+        for (key, playbook, occurrence), last in zip(opened, lasts, strict=True):
+            reason = self._held_back(playbook, occurrence, last)
+            if reason is not None:
+                self.ledger.hold(key, reason, pipe)
+                logger.info(
+                    "Held back delivery %s of %s: %s.", key, playbook.id, reason
+                )
+                continue
+            delay_ms = self._defer(key, playbook, occurrence, pipe)
+            if delay_ms > 0:
+                later.append((key, delay_ms))
+            else:
+                due.append(key)
+        pipe.execute()
+
+        if due:
+            self.schedule(due, 0)
+        for key, delay_ms in later:
+            self.schedule([key], delay_ms)
+        return [key for key, _, _ in opened]
+
+    def _fired(
+        self, occurrence_ids: Sequence[str]
+    ) -> list[tuple[Playbook, Occurrence]]:
+        """Each (playbook, occurrence) to judge, by occurrence then priority."""
+        loaded = self.occurrences.load_many(occurrence_ids)
+        fired = []
+        for occurrence_id, occurrence in zip(occurrence_ids, loaded, strict=True):
+            if occurrence is None:
+                logger.warning(
+                    "Occurrence %s is gone; nothing to decide.", occurrence_id
+                )
+                continue
+            for playbook in self._playbooks_for(occurrence):
+                fired.append((playbook.playbook, occurrence))
+        return fired
 
     def _playbooks_for(self, occurrence: Occurrence) -> list[LoadedPlaybook]:
         fired = [
@@ -194,39 +256,51 @@ class Engine:
         ]
         return sorted(fired, key=lambda p: (-p.playbook.priority, p.path.name))
 
-    def _decide_one(self, playbook: Playbook, occurrence: Occurrence) -> str | None:
-        subject = f"user:{occurrence.user_id}"
-        key = delivery_key(playbook.id, STEP, subject, occurrence.occurrence_id)
-        about = {
-            "playbook": playbook.id,
-            "step": STEP,
-            "user": occurrence.user_id,
-            "account": occurrence.account_id,
-            "occurrence": occurrence.occurrence_id,
-            "channel": playbook.nudge.channel,
-        }
-        if not self.ledger.open(key, about) and not self._still_open(key):
-            return None  # decided before: a redelivered message
+    def _open(
+        self, fired: list[tuple[Playbook, Occurrence]]
+    ) -> list[tuple[str, Playbook, Occurrence]]:
+        """Open each delivery in the ledger; keep those still to be judged.
 
-        reason = self._held_back(playbook, occurrence)
-        if reason is not None:
-            self.ledger.hold(key, reason)
-            logger.info("Held back delivery %s of %s: %s.", key, playbook.id, reason)
-            return key
-
-        self._schedule(key, playbook, occurrence)
-        return key
-
-    def _still_open(self, key: str) -> bool:
-        """True when an earlier decision opened `key` but was cut off before judging.
-
-        Judging again is safe: a hold is recorded once, and a delivery scheduled
-        twice is sent once.
+        A delivery opened before is judged again only while it is still
+        scheduled: an earlier decision was cut off before judging it. Judging
+        again is safe: a hold is recorded once, and a delivery scheduled twice is
+        sent once. One decided before is a redelivered message: left alone.
         """
-        entry = self.ledger.get(key)
-        return entry is not None and entry.outcome == Outcome.SCHEDULED
+        keyed = [(_key_of(p, o), p, o) for p, o in fired]
+        abouts = [(key, _about(p, o)) for key, p, o in keyed]
+        opened = self.ledger.open_many(abouts) if abouts else []
 
-    def _held_back(self, playbook: Playbook, occurrence: Occurrence) -> str | None:
+        again = [key for (key, _, _), new in zip(keyed, opened, strict=True) if not new]
+        entries = dict(zip(again, self.ledger.get_many(again), strict=True))
+        return [
+            item
+            for item, new in zip(keyed, opened, strict=True)
+            if new or _is_scheduled(entries[item[0]])
+        ]
+
+    def _last_sent(
+        self, opened: list[tuple[str, Playbook, Occurrence]]
+    ) -> list[str | None]:
+        """When each user was last nudged by each playbook (ms), where re-entry asks."""
+        wanted = [
+            i
+            for i, (_, playbook, _) in enumerate(opened)
+            if playbook.limits.reentry.mode != "every_time"
+        ]
+        lasts: list[str | None] = [None] * len(opened)
+        if not wanted:
+            return lasts
+        keys = [
+            self._reentry_key(opened[i][1].id, opened[i][2].user_id) for i in wanted
+        ]
+        values = cast(list[str | None], self.store.redis.mget(keys))
+        for i, value in zip(wanted, values, strict=True):
+            lasts[i] = value
+        return lasts
+
+    def _held_back(
+        self, playbook: Playbook, occurrence: Occurrence, last_sent: str | None
+    ) -> str | None:
         """The first guardrail that holds this delivery back, as a reason code."""
         user, account = occurrence.facts.user, occurrence.facts.account
         gate = self._value_gate(playbook, occurrence)
@@ -241,7 +315,7 @@ class Engine:
         excluded = self._excluded(playbook, occurrence)
         if excluded is not None:
             return excluded
-        if self._is_reentry(playbook, occurrence):
+        if self._is_reentry(playbook, last_sent):
             return "reentry"
         if guardrails.in_holdout(playbook.id, occurrence.user_id, playbook.holdout):
             return "holdout"
@@ -267,29 +341,28 @@ class Engine:
                 return f"excluded:{cohort}"
         return None
 
-    def _is_reentry(self, playbook: Playbook, occurrence: Occurrence) -> bool:
+    def _is_reentry(self, playbook: Playbook, last_sent: str | None) -> bool:
         """True when the user was nudged by this playbook too recently to re-enter."""
         rule = playbook.limits.reentry
-        if rule.mode == "every_time":
-            return False
-        last = self.store.redis.get(self._reentry_key(playbook.id, occurrence.user_id))
-        if last is None:
+        if rule.mode == "every_time" or last_sent is None:
             return False
         if rule.mode == "once" or rule.after is None:
             return True
-        since = self.clock() - datetime.fromtimestamp(int(str(last)) / 1000, UTC)
+        since = self.clock() - datetime.fromtimestamp(int(last_sent) / 1000, UTC)
         return since < rule.after
 
-    def _schedule(self, key: str, playbook: Playbook, occurrence: Occurrence) -> None:
+    def _defer(
+        self, key: str, playbook: Playbook, occurrence: Occurrence, pipe: Pipeline
+    ) -> int:
+        """The ms until the delivery may go; a wait is recorded as a deferral."""
         now = self.clock()
         due = occurrence.time + (playbook.trigger.delay or timedelta(0))
         when = self._allowed_at(playbook, occurrence, max(now, due))
         delay_ms = max(0, int((when - now).total_seconds() * 1000))
         if delay_ms > 0:
-            self.ledger.defer(
-                key, int(when.timestamp() * 1000), _defer_reason(due, when)
-            )
-        self.schedule(key, delay_ms)
+            until_ms = int(when.timestamp() * 1000)
+            self.ledger.defer(key, until_ms, _defer_reason(due, when), pipe)
+        return delay_ms
 
     def _allowed_at(
         self, playbook: Playbook, occurrence: Occurrence, earliest: datetime
@@ -312,27 +385,79 @@ class Engine:
         Raises:
             Retry: the vendor asked for time, or another worker holds the key.
         """
-        entry = self.ledger.get(key)
-        if entry is None:
-            logger.warning("Delivery %s has no ledger record; nothing to send.", key)
-            return Outcome.HELD
-        if entry.outcome in FINAL:
-            return Outcome(entry.outcome)
-        loaded = self.catalog.get(entry.fields["playbook"])
-        occurrence = self.occurrences.load(entry.fields["occurrence"])
-        if loaded is None or occurrence is None:
-            self.ledger.hold(
-                key, "playbook_removed" if loaded is None else "trigger_expired"
-            )
-            return Outcome.HELD
+        result = self.deliver_many([key])[key]
+        if isinstance(result, Retry):
+            raise result
+        return result
 
-        playbook = loaded.playbook
-        claims = self._claims(playbook, occurrence)
-        blocked = self.caps.take(claims, key, _ms(self.clock()))
-        if blocked is not None:
-            self.ledger.hold(key, _cap_reason(claims, blocked))
-            return Outcome.HELD
-        return self._send(key, playbook, occurrence, [s for s, _ in claims])
+    def deliver_many(self, keys: Sequence[str]) -> dict[str, Outcome | Retry]:
+        """Send each delivery as `deliver` does; a Retry is returned, not raised.
+
+        Each key keeps its own fate: one that must wait says so with its Retry,
+        and the others are settled. Reads, caps, reservations and commits go in
+        one round trip per phase for the whole batch.
+        """
+        unique = list(dict.fromkeys(keys))
+        results: dict[str, Outcome | Retry] = {}
+        ready = self._ready(unique, results)
+        claimed = self._take_caps(ready, results)
+        self._send_in_chunks(claimed, results)
+        return {key: results[key] for key in unique}
+
+    def _ready(
+        self, keys: list[str], results: dict[str, Outcome | Retry]
+    ) -> list[tuple[str, Playbook, Occurrence]]:
+        """The deliveries still to send, with their playbook and occurrence."""
+        entries = self.ledger.get_many(keys) if keys else []
+        waiting: list[Entry] = []
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is None:
+                logger.warning(
+                    "Delivery %s has no ledger record; nothing to send.", key
+                )
+                results[key] = Outcome.HELD
+            elif entry.outcome in FINAL:
+                results[key] = Outcome(entry.outcome)
+            else:
+                waiting.append(entry)
+
+        ids = [entry.fields["occurrence"] for entry in waiting]
+        found = self.occurrences.load_many(ids)
+        ready = []
+        for entry, occurrence in zip(waiting, found, strict=True):
+            loaded = self.catalog.get(entry.fields["playbook"])
+            if loaded is None or occurrence is None:
+                gone = "playbook_removed" if loaded is None else "trigger_expired"
+                self.ledger.hold(entry.delivery_key, gone)
+                results[entry.delivery_key] = Outcome.HELD
+                continue
+            ready.append((entry.delivery_key, loaded.playbook, occurrence))
+        return ready
+
+    def _take_caps(
+        self,
+        ready: list[tuple[str, Playbook, Occurrence]],
+        results: dict[str, Outcome | Retry],
+    ) -> list[tuple[str, Playbook, Occurrence]]:
+        """Take each delivery's caps, each all or none; hold those a cap blocks."""
+        if not ready:
+            return []
+        claims = [
+            self._claims(playbook, occurrence) for _, playbook, occurrence in ready
+        ]
+        takes = [(c, key) for c, (key, _, _) in zip(claims, ready, strict=True)]
+        blocked = self.caps.take_many(takes, _ms(self.clock()))
+
+        claimed = []
+        pipe = self.store.redis.pipeline(transaction=False)
+        for item, claim, cap in zip(ready, claims, blocked, strict=True):
+            if cap is None:
+                claimed.append(item)
+                continue
+            self.ledger.hold(item[0], _cap_reason(claim, cap), pipe)
+            results[item[0]] = Outcome.HELD
+        pipe.execute()
+        return claimed
 
     def _claims(
         self, playbook: Playbook, occurrence: Occurrence
@@ -348,11 +473,74 @@ class Engine:
             (f"account:{account}:playbook:{playbook.id}", limits.per_account),
         ]
 
-    def _send(
-        self, key: str, playbook: Playbook, occurrence: Occurrence, subjects: list[str]
-    ) -> Outcome:
-        lease = secrets.token_hex(8)
-        answer = self.ledger.reserve(key, lease)
+    def _send_in_chunks(
+        self,
+        claimed: list[tuple[str, Playbook, Occurrence]],
+        results: dict[str, Outcome | Retry],
+    ) -> None:
+        """Reserve, send and commit in chunks sized to send well within a lease.
+
+        The first chunk is one delivery; its pace sizes the next, so a slow
+        vendor gets small chunks and every lease outlives the sends it covers.
+        A batch that runs past BATCH_BUDGET_MS stops there: the deliveries it
+        did not reach are returned to wait, well inside the actor's time limit.
+        """
+        size, at = 1, 0
+        began = time.monotonic()
+        while at < len(claimed):
+            if _elapsed_ms(began) > BATCH_BUDGET_MS:
+                for key, _, _ in claimed[at:]:
+                    results[key] = Retry(0, "its batch ran out of time before it")
+                return
+            chunk = claimed[at : at + size]
+            started = time.monotonic()
+            self._send_chunk(chunk, results, started)
+            each_ms = _elapsed_ms(started) / len(chunk)
+            size = max(1, min(CHUNK_MAX, int(CHUNK_BUDGET_MS / max(each_ms, 0.01))))
+            at += len(chunk)
+
+    def _send_chunk(
+        self,
+        chunk: list[tuple[str, Playbook, Occurrence]],
+        results: dict[str, Outcome | Retry],
+        started: float,
+    ) -> None:
+        leases = [(key, secrets.token_hex(8)) for key, _, _ in chunk]
+        answers = self.ledger.reserve_many(leases)
+
+        sent: list[tuple[str, str, Playbook, Occurrence, str, Sent]] = []
+        try:
+            for (key, playbook, occurrence), (_, lease), answer in zip(
+                chunk, leases, answers, strict=True
+            ):
+                late = _elapsed_ms(started) > LEASE_MS / 2
+                try:
+                    result = self._after_reserve(
+                        key, lease, answer, playbook, occurrence, late
+                    )
+                except Retry as retry:
+                    results[key] = retry
+                    continue
+                if isinstance(result, Outcome):
+                    results[key] = result
+                    continue
+                sent.append((key, lease, playbook, occurrence, *result))
+                results[key] = Outcome.SENT
+        finally:
+            # Even when something unexpected stops the chunk, what went out is
+            # recorded: an uncommitted send would later look ambiguous.
+            self._commit(sent)
+
+    def _after_reserve(
+        self,
+        key: str,
+        lease: str,
+        answer: Reservation,
+        playbook: Playbook,
+        occurrence: Occurrence,
+        late: bool,
+    ) -> Outcome | tuple[str, Sent]:
+        """Act on a reservation; a send to commit is returned as (channel, Sent)."""
         if answer is Reservation.DONE:
             return Outcome.SENT
         if answer is Reservation.BUSY:
@@ -362,7 +550,15 @@ class Engine:
             self.ledger.mark_ambiguous(key, lease, reason)
             logger.warning("Delivery %s may have gone out before a crash; held.", key)
             return Outcome.AMBIGUOUS
+        if late:
+            # The batch ran slow: send nothing on a lease that may lapse mid-send.
+            self.ledger.release(key, lease, "its batch ran past half the lease")
+            raise Retry(0, "its batch ran past half the lease")
+        return self._through_channels(key, lease, playbook, occurrence)
 
+    def _through_channels(
+        self, key: str, lease: str, playbook: Playbook, occurrence: Occurrence
+    ) -> Outcome | tuple[str, Sent]:
         failures: list[str] = []
         for name in playbook.nudge.channels():
             outcome = self._try_channel(
@@ -370,6 +566,7 @@ class Engine:
             )
             if outcome is not None:
                 return outcome
+        subjects = [s for s, _ in self._claims(playbook, occurrence)]
         self.caps.give_back(subjects, key)
         self.ledger.release(key, lease, "; ".join(failures))
         self.ledger.dead(key, "every channel refused: " + "; ".join(failures))
@@ -383,7 +580,7 @@ class Engine:
         playbook: Playbook,
         occurrence: Occurrence,
         failures: list[str],
-    ) -> Outcome | None:
+    ) -> Outcome | tuple[str, Sent] | None:
         sender = self.channels.get(name)
         if sender is None:
             failures.append(f"{name}: cannot send from this process")
@@ -415,14 +612,27 @@ class Engine:
             raise Retry(delay_ms, f"{name} asked to try later") from exc
         except AmbiguousError as exc:
             return self._ambiguous(key, lease, playbook, name, str(exc))
+        return name, sent
 
-        vendor_id = sent.vendor_id or ""
-        self.ledger.commit(key, lease, channel=name, vendor_id=vendor_id)
-        self.store.redis.set(
-            self._reentry_key(playbook.id, occurrence.user_id), _ms(self.clock())
-        )
-        logger.info("Sent delivery %s of %s through %s.", key, playbook.id, name)
-        return Outcome.SENT
+    def _commit(
+        self, sent: list[tuple[str, str, Playbook, Occurrence, str, Sent]]
+    ) -> None:
+        """Record the sends of a chunk and mark their re-entry, in one round trip."""
+        if not sent:
+            return
+        pipe = self.store.redis.pipeline(transaction=False)
+        now_ms = _ms(self.clock())
+        for key, lease, playbook, occurrence, name, made in sent:
+            vendor_id = made.vendor_id or ""
+            self.ledger.commit_in(pipe, key, lease, channel=name, vendor_id=vendor_id)
+            pipe.set(self._reentry_key(playbook.id, occurrence.user_id), now_ms)
+        answers = pipe.execute()
+
+        for (key, _, playbook, _, name, _), answer in zip(
+            sent, answers[::2], strict=True
+        ):
+            self.ledger.settled(key, Outcome.SENT, answer)
+            logger.info("Sent delivery %s of %s through %s.", key, playbook.id, name)
 
     def _ambiguous(
         self, key: str, lease: str, playbook: Playbook, name: str, reason: str
@@ -435,8 +645,14 @@ class Engine:
         return Outcome.AMBIGUOUS
 
     def bury(self, key: str, reason: str) -> None:
-        """Give up on a delivery: dead letter, with its caps given back."""
+        """Give up on a delivery: dead letter, with its caps given back.
+
+        A delivery already final is left as it is: a batch whose retries ran out
+        may hold keys that an earlier attempt sent.
+        """
         entry = self.ledger.get(key)
+        if entry is not None and entry.outcome in FINAL:
+            return
         loaded = self.catalog.get(entry.fields.get("playbook", "")) if entry else None
         occurrence = (
             self.occurrences.load(entry.fields.get("occurrence", "")) if entry else None
@@ -479,6 +695,27 @@ def _member_from(user_id: str, record: str | None) -> Member:
     )
 
 
+def _key_of(playbook: Playbook, occurrence: Occurrence) -> str:
+    subject = f"user:{occurrence.user_id}"
+    return delivery_key(playbook.id, STEP, subject, occurrence.occurrence_id)
+
+
+def _about(playbook: Playbook, occurrence: Occurrence) -> dict[str, str]:
+    """What the ledger record says of a delivery: ids only."""
+    return {
+        "playbook": playbook.id,
+        "step": STEP,
+        "user": occurrence.user_id,
+        "account": occurrence.account_id,
+        "occurrence": occurrence.occurrence_id,
+        "channel": playbook.nudge.channel,
+    }
+
+
+def _is_scheduled(entry: Entry | None) -> bool:
+    return entry is not None and entry.outcome == Outcome.SCHEDULED
+
+
 def _unless(condition: bool, reason: str) -> str | None:
     return None if condition else reason
 
@@ -491,6 +728,10 @@ def _lookup(path: str, user: Mapping[str, Any], account: Mapping[str, Any]) -> A
 
 def _defer_reason(due: datetime, when: datetime) -> str:
     return "delay" if when == due else "quiet_hours_or_window"
+
+
+def _elapsed_ms(since: float) -> float:
+    return (time.monotonic() - since) * 1000
 
 
 def _ms(moment: datetime) -> int:

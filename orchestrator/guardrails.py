@@ -410,6 +410,34 @@ class Caps:
         never both take the last slot. Taking the same token again changes no
         count. Returns None when taken, else the first cap that is full.
         """
+        return self.take_many([(claims, token)], now_ms)[0]
+
+    def take_many(
+        self,
+        takes: Sequence[tuple[Sequence[tuple[str, Sequence[Cap]]], str]],
+        now_ms: int,
+    ) -> list[Cap | None]:
+        """`take` for each (claims, token) pair, in one round trip.
+
+        Each take is still its own atomic script: one delivery's caps are taken
+        all or none, whatever the others in the batch find.
+        """
+        pipe = self.store.redis.pipeline(transaction=False)
+        queued: list[list[Cap] | None] = []
+        for claims, token in takes:
+            keys, args, caps = self._take_args(claims, token, now_ms)
+            if keys:
+                self._take(keys=keys, args=args, client=pipe)
+            queued.append(caps if keys else None)
+        answers = iter(pipe.execute())
+        return [
+            None if caps is None else _blocked(caps, int(next(answers)))
+            for caps in queued
+        ]
+
+    def _take_args(
+        self, claims: Sequence[tuple[str, Sequence[Cap]]], token: str, now_ms: int
+    ) -> tuple[list[str], list[str | int], list[Cap]]:
         keys: list[str] = []
         args: list[str | int] = [token, now_ms]
         caps: list[Cap] = []
@@ -419,9 +447,7 @@ class Caps:
             for cap in subject_caps:
                 args.extend([cap.count, _ms(cap.window)])
                 caps.append(cap)
-
-        blocked = int(self._take(keys=keys, args=args)) if keys else 0
-        return caps[blocked - 1] if blocked else None
+        return keys, args, caps
 
     def give_back(self, claims_subjects: Sequence[str], token: str) -> None:
         """Stop counting `token`: use it when a delivery definitely failed."""
@@ -440,6 +466,11 @@ class Caps:
 
 def _ms(span: timedelta) -> int:
     return span // timedelta(milliseconds=1)
+
+
+def _blocked(caps: Sequence[Cap], answer: int) -> Cap | None:
+    """The cap `_TAKE` answered with (1-based), or None for 0: taken."""
+    return caps[answer - 1] if answer else None
 
 
 # --- Vendor budgets ---------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import cast
@@ -160,34 +160,56 @@ class Ledger:
 
         `about` names the playbook, step, subject and trigger: ids only.
         """
-        record = self._record(key)
-        now_ms = str(_now_ms())
-        fields = {
-            **about,
-            "outcome": Outcome.SCHEDULED,
-            "created_ms": now_ms,
-            "updated_ms": now_ms,
-        }
-        pairs = [str(item) for pair in fields.items() for item in pair]
-        args = [secrets.token_hex(8), str(RECORD_TTL_S), *pairs]
-        if not self._open(keys=[record], args=args):
-            return False
+        return self.open_many([(key, about)])[0]
 
+    def open_many(
+        self, deliveries: Sequence[tuple[str, Mapping[str, str]]]
+    ) -> list[bool]:
+        """`open` for many deliveries in two round trips; one answer for each."""
         pipe = self.store.redis.pipeline(transaction=False)
-        self._index(pipe, key, about)
+        for key, about in deliveries:
+            self._open(keys=[self._record(key)], args=_open_args(about), client=pipe)
+        opened = [bool(answer) for answer in pipe.execute()]
+
+        for (key, about), is_new in zip(deliveries, opened, strict=True):
+            if is_new:
+                self._index(pipe, key, about)
         pipe.execute()
-        return True
+        return opened
 
     def reserve(
         self, key: str, lease_token: str, lease_ms: int = LEASE_MS
     ) -> Reservation:
-        keys = [self._record(key), self._lease(key)]
-        answer = self._reserve(keys=keys, args=[lease_token, lease_ms, _now_ms()])
-        return Reservation(answer)
+        return self.reserve_many([(key, lease_token)], lease_ms)[0]
+
+    def reserve_many(
+        self, leases: Sequence[tuple[str, str]], lease_ms: int = LEASE_MS
+    ) -> list[Reservation]:
+        """`reserve` each (key, lease token) pair, in one round trip."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        now_ms = _now_ms()
+        for key, token in leases:
+            keys = [self._record(key), self._lease(key)]
+            self._reserve(keys=keys, args=[token, lease_ms, now_ms], client=pipe)
+        return [Reservation(answer) for answer in pipe.execute()]
 
     def commit(self, key: str, lease_token: str, **fields: str) -> bool:
         """Record the send; False when the lease was lost to another worker."""
         return self._settle_as(key, lease_token, Outcome.SENT, fields)
+
+    def commit_in(
+        self, pipe: Pipeline, key: str, lease_token: str, **fields: str
+    ) -> None:
+        """Queue a `commit` on `pipe`; its answer is `settled` of the result."""
+        self._settle_in(pipe, key, lease_token, Outcome.SENT, fields)
+
+    def settled(self, key: str, outcome: str, answer: object) -> bool:
+        """Read a queued settle's answer, warning as `commit` does when it lost."""
+        if not answer:
+            logger.warning(
+                "Lost the lease on delivery %s before recording %s.", key, outcome
+            )
+        return bool(answer)
 
     def release(self, key: str, lease_token: str, reason: str) -> bool:
         """A definite failure: let go of the key so that a retry may send."""
@@ -196,12 +218,19 @@ class Ledger:
     def mark_ambiguous(self, key: str, lease_token: str, reason: str) -> bool:
         return self._settle_as(key, lease_token, Outcome.AMBIGUOUS, {"reason": reason})
 
-    def hold(self, key: str, reason: str) -> None:
-        """Record a decision not to send, with the guardrail's reason."""
-        self._set(key, Outcome.HELD, f"held:{reason.split(':', 1)[0]}", reason=reason)
+    def hold(self, key: str, reason: str, pipe: Pipeline | None = None) -> None:
+        """Record a decision not to send, with the guardrail's reason.
 
-    def defer(self, key: str, until_ms: int, reason: str) -> None:
-        self._set(key, Outcome.DEFERRED, "", reason=reason, until_ms=str(until_ms))
+        With `pipe` the write is only queued there, for its caller to execute.
+        """
+        count = f"held:{reason.split(':', 1)[0]}"
+        self._set(key, Outcome.HELD, count, pipe, reason=reason)
+
+    def defer(
+        self, key: str, until_ms: int, reason: str, pipe: Pipeline | None = None
+    ) -> None:
+        until = str(until_ms)
+        self._set(key, Outcome.DEFERRED, "", pipe, reason=reason, until_ms=until)
 
     def dead(self, key: str, reason: str) -> None:
         """Give up on a delivery, with why; it is listed among the dead letters."""
@@ -211,6 +240,17 @@ class Ledger:
     def get(self, key: str) -> Entry | None:
         fields = cast(dict[str, str], self.store.redis.hgetall(self._record(key)))
         return Entry(key, fields) if fields else None
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """`get` for each key, in one round trip."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(self._record(key))
+        records = cast(list[dict[str, str]], pipe.execute())
+        return [
+            Entry(key, fields) if fields else None
+            for key, fields in zip(keys, records, strict=True)
+        ]
 
     def keys_for_user(self, user_id: str) -> list[str]:
         return self._recent(self.store.key("ledger", "by-user", user_id))
@@ -237,23 +277,37 @@ class Ledger:
     def _settle_as(
         self, key: str, lease_token: str, outcome: Outcome, fields: Mapping[str, str]
     ) -> bool:
+        pipe = self.store.redis.pipeline(transaction=False)
+        self._settle_in(pipe, key, lease_token, outcome, fields)
+        return self.settled(key, outcome, pipe.execute()[0])
+
+    def _settle_in(
+        self,
+        pipe: Pipeline,
+        key: str,
+        lease_token: str,
+        outcome: Outcome,
+        fields: Mapping[str, str],
+    ) -> None:
         pairs = {**fields, "outcome": outcome, "updated_ms": str(_now_ms())}
         count = outcome.value if outcome in FINAL else ""
         args = [lease_token, count, *(item for pair in pairs.items() for item in pair)]
         keys = [self._record(key), self._lease(key), self._counts()]
-        settled = bool(self._settle(keys=keys, args=args))
-        if not settled:
-            logger.warning(
-                "Lost the lease on delivery %s before recording %s.", key, outcome
-            )
-        return settled
+        self._settle(keys=keys, args=args, client=pipe)
 
-    def _set(self, key: str, outcome: Outcome, count: str, **fields: str) -> None:
+    def _set(
+        self,
+        key: str,
+        outcome: Outcome,
+        count: str,
+        pipe: Pipeline | None = None,
+        **fields: str,
+    ) -> None:
         """Write `outcome`, adding one to `count` only if the outcome changed."""
         mapping = {"outcome": outcome.value, **fields, "updated_ms": str(_now_ms())}
         pairs = [item for pair in mapping.items() for item in pair]
         keys = [self._record(key), self._counts()]
-        self._setter(keys=keys, args=[count, *pairs])
+        self._setter(keys=keys, args=[count, *pairs], client=pipe)
 
     def _counts(self) -> str:
         return self.store.key("ledger", "counts")
@@ -276,6 +330,19 @@ class Ledger:
 
     def _lease(self, key: str) -> str:
         return self.store.key("lease", key)
+
+
+def _open_args(about: Mapping[str, str]) -> list[str]:
+    """The ARGV of `_OPEN`: a fresh token, the TTL, then the record's fields."""
+    now_ms = str(_now_ms())
+    fields = {
+        **about,
+        "outcome": Outcome.SCHEDULED,
+        "created_ms": now_ms,
+        "updated_ms": now_ms,
+    }
+    pairs = [str(item) for pair in fields.items() for item in pair]
+    return [secrets.token_hex(8), str(RECORD_TTL_S), *pairs]
 
 
 def _now_ms() -> int:

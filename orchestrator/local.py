@@ -86,12 +86,12 @@ def run(
     report = Report()
     deferred: list[str] = []
 
-    def schedule(key: str, delay_ms: int) -> None:
+    def schedule(keys: list[str], delay_ms: int) -> None:
         # A deferred delivery would fire after this process has ended: record it.
         if delay_ms > 0:
-            deferred.append(key)
+            deferred.extend(keys)
         else:
-            declared.schedule(key, 0)
+            declared.schedule(keys, 0)
 
     clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
     engine = Engine(store, catalog, signer, _channels(outbox), schedule, clock)
@@ -125,14 +125,19 @@ def _feed(
     report: Report,
     progress: Progress | None,
 ) -> None:
+    fired: list[str] = []
     for occurrence in _occurrences(engine, source, report):
         report.triggers += 1
         if engine.occurrences.save(occurrence):
-            declared.decide.send(occurrence.occurrence_id)
+            fired.append(occurrence.occurrence_id)
         else:
             report.duplicates += 1
+        if len(fired) == actors.BATCH:
+            declared.decide_all(fired)
+            fired = []
         if progress is not None:
             progress("trigger", report.triggers)
+    declared.decide_all(fired)
 
 
 def _occurrences(
@@ -153,9 +158,9 @@ def _ingest_cohorts(
     Gating and excluding cohorts come first, so that every decision sees them.
     """
 
-    def decide(occurrence_id: str) -> None:
-        report.triggers += 1
-        declared.decide.send(occurrence_id)
+    def decide(occurrence_ids: list[str]) -> None:
+        report.triggers += len(occurrence_ids)
+        declared.decide_all(occurrence_ids)
 
     named = sorted(engine.cohorts().items(), key=lambda item: (item[1], item[0]))
     for cohort, triggers in named:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -87,9 +88,18 @@ class Occurrences:
         return self.store.redis.get(key) == record
 
     def load(self, occurrence_id: str) -> Occurrence | None:
-        key = self.store.key("occurrence", occurrence_id)
-        raw = cast(str | None, self.store.redis.get(key))
-        return None if raw is None else _from_record(occurrence_id, json.loads(raw))
+        return self.load_many([occurrence_id])[0]
+
+    def load_many(self, occurrence_ids: Sequence[str]) -> list[Occurrence | None]:
+        """`load` for each id, in one round trip; None for one that is gone."""
+        if not occurrence_ids:
+            return []
+        keys = [self.store.key("occurrence", i) for i in occurrence_ids]
+        raws = cast(list[str | None], self.store.redis.mget(keys))
+        return [
+            None if raw is None else _from_record(occurrence_id, json.loads(raw))
+            for occurrence_id, raw in zip(occurrence_ids, raws, strict=True)
+        ]
 
 
 def _id(*parts: str) -> str:

@@ -113,7 +113,7 @@ def make_rig(
         catalog,
         InviteSigner(["k" * 40]),
         {"intercom": intercom, "braze": braze},
-        lambda key, delay: scheduled.append((key, delay)),
+        lambda keys, delay: scheduled.extend((key, delay) for key in keys),
         lambda: NOW,
     )
     return Rig(engine, intercom, braze, scheduled)

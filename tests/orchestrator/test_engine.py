@@ -272,7 +272,7 @@ def test_a_repeated_cohort_ingestion_decides_for_nobody_new(store, tmp_path):
 
     for _ in range(2):
         rig.engine.ingest_page("mixpanel:1", "s1", 0, members)
-        rig.engine.finish_snapshot("mixpanel:1", "s1", decided.append)
+        rig.engine.finish_snapshot("mixpanel:1", "s1", decided.extend)
 
     assert len(decided) == 5
 
@@ -319,3 +319,119 @@ def test_deferral_keeps_the_delivery_for_later(store, tmp_path):
     key = rig.engine.decide(rig.event("u-1"))[0]
 
     assert rig.scheduled == [(key, int(timedelta(hours=2).total_seconds() * 1000))]
+
+
+def test_a_batch_of_occurrences_hands_the_due_deliveries_on_together(store, tmp_path):
+    """Three occurrences decided as one batch: the two due now go to the deliver
+    step in one hand-over, the one held back is recorded and not handed on."""
+    rig = make_rig(store, tmp_path)
+    handed: list[tuple[list[str], int]] = []
+    rig.engine.schedule = lambda keys, delay: handed.append((list(keys), delay))
+    ids = [rig.event("u-1"), rig.event("u-2", activated_at=None), rig.event("u-3")]
+
+    keys = rig.engine.decide_many(ids)
+
+    held = rig.engine.ledger.get(keys[1])
+    assert held is not None
+    assert held.reason == "not_activated"
+    assert handed == [([keys[0], keys[2]], 0)]
+
+
+def test_a_throttled_key_in_a_batch_waits_alone_while_the_others_are_sent(
+    store, tmp_path
+):
+    """One vendor 429 in a batch of three: that key is released with its own
+    Retry, the other two are sent and committed."""
+    rig = make_rig(store, tmp_path)
+    keys = rig.engine.decide_many([rig.event(f"u-{n}") for n in range(3)])
+
+    def throttled(nudge: RenderedNudge) -> None:
+        if nudge.recipient.user_id == "u-1":
+            raise TransientError("intercom", "429", retry_after_s=30)
+
+    rig.intercom.answer = throttled
+
+    results = rig.engine.deliver_many(keys)
+
+    retry = results[keys[1]]
+    entry = rig.engine.ledger.get(keys[1])
+    assert entry is not None
+    assert isinstance(retry, Retry)
+    assert retry.delay_ms == 30_000
+    assert entry.outcome == "retrying"
+    assert (results[keys[0]], results[keys[2]]) == (Outcome.SENT, Outcome.SENT)
+    assert sorted(rig.intercom.sent) == sorted([keys[0], keys[2]])
+
+
+def test_a_batch_keeps_caps_atomic_per_delivery(store, tmp_path):
+    """Two playbooks' deliveries to one user in one batch, under a workspace cap
+    of one: the first is sent, the second held by the cap."""
+    rig = make_rig(
+        store,
+        tmp_path,
+        [
+            {"id": "pack-reviewers", "event": "pack_uploaded"},
+            {"id": "deadline-owners", "event": "deadline_set"},
+        ],
+    )
+    first = rig.engine.decide(rig.event("u-1", "pack_uploaded"))[0]
+    second = rig.engine.decide(rig.event("u-1", "deadline_set"))[0]
+
+    results = rig.engine.deliver_many([first, second])
+
+    entry = rig.engine.ledger.get(second)
+    assert entry is not None
+    assert results == {first: Outcome.SENT, second: Outcome.HELD}
+    assert entry.reason == "cap:workspace_per_user:1 per 7d"
+
+
+def test_the_worker_retries_a_throttled_key_of_a_batch_on_its_own(
+    store, tmp_path, redis_url
+):
+    """On the Redis broker: ten deliveries in one deliver message, one throttled
+    once with Retry-After 0.2 s; it is sent on its own later, the rest at once,
+    each once."""
+    rig = make_rig(store, tmp_path, workspace=WORKSPACE.replace("1 per 7d", "5 per 7d"))
+    broker = build_broker(Settings(redis_url=redis_url, namespace=store.namespace))
+    declared = actors.declare(broker)
+    rig.engine.schedule = declared.schedule
+    actors.install(rig.engine)
+    throttled: list[str] = []
+
+    def once(nudge: RenderedNudge) -> None:
+        if nudge.recipient.user_id == "u-3" and not throttled:
+            throttled.append(nudge.delivery_key)
+            raise TransientError("intercom", "429", retry_after_s=0.2)
+
+    rig.intercom.answer = once
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    try:
+        declared.decide_all([rig.event(f"u-{n}") for n in range(10)])
+        deadline = time.monotonic() + 30
+        while len(rig.intercom.sent) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        broker.close()
+        actors.install(None)
+
+    assert len(throttled) == 1
+    assert sorted(rig.intercom.sent) == sorted(set(rig.intercom.sent))
+    assert rig.intercom.sent[-1] == throttled[0]
+    assert rig.engine.ledger.counts().get("sent") == 10
+
+
+def test_burying_a_batch_leaves_its_sent_deliveries_sent(store, tmp_path):
+    """A deliver message whose retries ran out names every key of its batch;
+    the ones an earlier attempt sent stay sent, with their caps."""
+    rig = make_rig(store, tmp_path)
+    sent, waiting = rig.engine.decide_many([rig.event("u-1"), rig.event("u-2")])
+    rig.engine.deliver(sent)
+
+    for key in (sent, waiting):
+        rig.engine.bury(key, "retries exhausted after 8 attempts")
+
+    entries = [rig.engine.ledger.get(key) for key in (sent, waiting)]
+    assert [entry.outcome if entry else None for entry in entries] == ["sent", "dead"]
+    assert rig.engine.ledger.dead_letters() == [waiting]
