@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -23,6 +23,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from integrations.base import CohortSource, EventSource
+from integrations.filesource import FileSource
 from orchestrator import local, logs
 from orchestrator import preview as previews
 from orchestrator import schema as schemas
@@ -205,19 +207,35 @@ def run(source: Path, folder: Path, outbox: Path) -> None:
             style="yellow",
         )
     )
-    report = _run_locally(catalog, source, outbox)
+    triggers = FileSource(source)
+    report = _run_locally(catalog, triggers, {"*": triggers}, outbox)
     _print_report(report, "sent to the outbox")
 
 
 @cli.command()
 @_local_run_options
-def plan(source: Path, folder: Path) -> None:
+@click.option(
+    "--configured",
+    is_flag=True,
+    help="Read cohorts from the sources configured in the environment instead.",
+)
+def plan(source: Path, folder: Path, configured: bool) -> None:
     """Dry run: what the playbooks would send for these triggers, and what not, why.
 
-    Nothing is sent or written.
+    Reads the trigger file, or with --configured the cohorts of the configured
+    sources as a worker would poll them now. Nothing is sent or written.
     """
     catalog = _load_for_running(folder)
-    report = _run_locally(catalog, source, None)
+    if configured:
+        from orchestrator import process
+
+        cohorts = process.sources(Settings.from_env())
+        if not cohorts:
+            _usage("no cohort source is configured (see docs/operations.md)")
+        report = _run_locally(catalog, None, cohorts, None)
+    else:
+        triggers = FileSource(source)
+        report = _run_locally(catalog, triggers, {"*": triggers}, None)
     _print_report(report, "would be sent")
 
 
@@ -345,7 +363,12 @@ def _load_for_running(folder: Path) -> Catalog:
     return catalog
 
 
-def _run_locally(catalog: Catalog, source: Path, outbox: Path | None) -> local.Report:
+def _run_locally(
+    catalog: Catalog,
+    events: EventSource | None,
+    cohorts: Mapping[str, CohortSource],
+    outbox: Path | None,
+) -> local.Report:
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -360,7 +383,7 @@ def _run_locally(catalog: Catalog, source: Path, outbox: Path | None) -> local.R
             bar.update(task, completed=count)
 
         return local.run(
-            catalog, source, outbox=outbox, signer=_signer(), progress=advance
+            catalog, events, cohorts, outbox=outbox, signer=_signer(), progress=advance
         )
 
 
@@ -386,6 +409,8 @@ def _print_report(report: local.Report, sent_words: str) -> None:
         times = sorted(until for _, _, until in report.deferred if until)
         first, last = (_utc(times[0]), _utc(times[-1])) if times else ("?", "?")
         console.print(f"deferred deliveries are due from {first} to {last} (UTC)")
+    for cohort in report.unread:
+        console.print(f"not read: no source for cohort {cohort}", markup=False)
     for rejected in report.rejected:
         console.print(f"rejected {rejected.where}: {rejected.reason}", markup=False)
     console.print(f"done in {report.seconds:.1f} s", style="dim")

@@ -148,18 +148,26 @@ class Engine:
         The source is chosen by the cohort's vendor (`mixpanel:` and so on), or
         `*` for one that stands in for all.
         """
+        rejected = self.read_cohort(cohort, snapshot_id)
+        if rejected is None:
+            return None
+        for record in rejected:
+            logger.warning("Cohort %s: %s %s.", cohort, record.where, record.reason)
+        triggers = self.cohorts().get(cohort, False)
+        return self.finish_snapshot(cohort, snapshot_id, decide if triggers else None)
+
+    def read_cohort(self, cohort: str, snapshot_id: str) -> list[Rejected] | None:
+        """Stream a cohort from its source into a snapshot; what it rejected, or
+        None when no source reads this cohort's vendor."""
         vendor = cohort.split(":", 1)[0]
         source = self.sources.get(vendor) or self.sources.get("*")
         if source is None:
             logger.warning("No source reads %s cohorts; %s not polled.", vendor, cohort)
             return None
+        rejected: list[Rejected] = []
         for number, page in enumerate(source.cohort_pages(cohort)):
-            for rejected in self.ingest_page(cohort, snapshot_id, number, page):
-                logger.warning(
-                    "Cohort %s: %s %s.", cohort, rejected.where, rejected.reason
-                )
-        triggers = self.cohorts().get(cohort, False)
-        return self.finish_snapshot(cohort, snapshot_id, decide if triggers else None)
+            rejected += self.ingest_page(cohort, snapshot_id, number, page)
+        return rejected
 
     def finish_snapshot(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +19,14 @@ from typing import ClassVar
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
-from integrations.base import Rejected, RenderedNudge, Sender, Sent
-from integrations.filesource import FileSource
+from integrations.base import (
+    CohortSource,
+    EventSource,
+    Rejected,
+    RenderedNudge,
+    Sender,
+    Sent,
+)
 from integrations.outbox import OutboxChannel
 from integrations.registry import channel_names
 from orchestrator import actors, occurrences
@@ -48,6 +54,7 @@ class Report:
     triggers: int = 0
     duplicates: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
     deferred: list[tuple[str, str, int]] = field(default_factory=list)
     by_playbook: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -68,16 +75,19 @@ class _Recorder:
 
 def run(
     catalog: Catalog,
-    source: Path,
+    events: EventSource | None,
+    cohorts: Mapping[str, CohortSource],
     *,
     outbox: Path | None,
     signer: InviteSigner,
     progress: Progress | None = None,
     now: datetime | None = None,
 ) -> Report:
-    """Run every trigger in `source` through the playbooks of `catalog`.
+    """Run product `events` and the cohorts the playbooks name through `catalog`.
 
-    With `outbox` None this is a plan: the same decisions, nothing written.
+    `cohorts` maps a vendor (`mixpanel`) or `*` to the source that reads its
+    cohorts: a file for a local run, the configured vendors for a plan. With
+    `outbox` None this is a plan: the same decisions, nothing written.
     """
     started = time.monotonic()
     store = Store.in_memory()
@@ -94,14 +104,16 @@ def run(
             declared.schedule(keys, 0)
 
     clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
-    engine = Engine(store, catalog, signer, _channels(outbox), schedule, clock)
+    engine = Engine(
+        store, catalog, signer, _channels(outbox), schedule, clock, sources=cohorts
+    )
     actors.install(engine)
     worker = dramatiq.Worker(broker, worker_threads=LOCAL_THREADS)
     worker.start()
     try:
-        triggers = FileSource(source)
-        _ingest_cohorts(engine, declared, triggers, report)
-        _feed(engine, declared, triggers, report, progress)
+        _ingest_cohorts(engine, declared, report)
+        if events is not None:
+            _feed(engine, declared, events, report, progress)
         _drain(broker)
     finally:
         worker.stop()
@@ -121,7 +133,7 @@ def _channels(outbox: Path | None) -> dict[str, Sender]:
 def _feed(
     engine: Engine,
     declared: Actors,
-    source: FileSource,
+    source: EventSource,
     report: Report,
     progress: Progress | None,
 ) -> None:
@@ -141,7 +153,7 @@ def _feed(
 
 
 def _occurrences(
-    engine: Engine, source: FileSource, report: Report
+    engine: Engine, source: EventSource, report: Report
 ) -> Iterator[occurrences.Occurrence]:
     for item in source.events():
         if isinstance(item, Rejected):
@@ -150,10 +162,8 @@ def _occurrences(
             yield occurrences.from_event(item)
 
 
-def _ingest_cohorts(
-    engine: Engine, declared: Actors, source: FileSource, report: Report
-) -> None:
-    """Each cohort the playbooks name, read from the file as one snapshot.
+def _ingest_cohorts(engine: Engine, declared: Actors, report: Report) -> None:
+    """Each cohort the playbooks name, read from its source as one snapshot.
 
     Gating and excluding cohorts come first, so that every decision sees them.
     """
@@ -164,9 +174,11 @@ def _ingest_cohorts(
 
     named = sorted(engine.cohorts().items(), key=lambda item: (item[1], item[0]))
     for cohort, triggers in named:
-        for number, page in enumerate(source.cohort_pages(cohort)):
-            rejected = engine.ingest_page(cohort, LOCAL_SNAPSHOT, number, page)
-            report.rejected += rejected
+        rejected = engine.read_cohort(cohort, LOCAL_SNAPSHOT)
+        if rejected is None:
+            report.unread.append(cohort)
+            continue
+        report.rejected += rejected
         engine.finish_snapshot(cohort, LOCAL_SNAPSHOT, decide if triggers else None)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from integrations.filesource import FileSource
 from orchestrator import local
 from orchestrator.loader import load
 from orchestrator.tokens import InviteSigner
@@ -63,9 +65,11 @@ def test_a_run_logs_no_email_and_no_signing_key(tmp_path, caplog):
     emails = set(re.findall(r"[\w.+-]+@[\w.-]+\.\w+", EXAMPLES.read_text()))
     caplog.set_level(logging.DEBUG)
 
+    triggers = FileSource(EXAMPLES)
     report = local.run(
         catalog,
-        EXAMPLES,
+        triggers,
+        {"*": triggers},
         outbox=tmp_path / "nudges.jsonl",
         signer=InviteSigner([SIGNING_KEY]),
     )
@@ -75,3 +79,40 @@ def test_a_run_logs_no_email_and_no_signing_key(tmp_path, caplog):
     assert emails
     assert [email for email in emails if email in logged] == []
     assert SIGNING_KEY not in logged
+
+
+def test_plan_reads_cohorts_from_the_configured_sources(tmp_path):
+    """`plan --configured` polls the cohorts the playbooks name through the
+    sources the environment configures, as a worker would, and sends nothing."""
+    env = {**os.environ, "REFERLOOP_SOURCE_FILE": str(EXAMPLES)}
+    env.pop("REDIS_URL", None)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "plan", "--configured"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert _count("triggers seen", result.stdout) > 0
+    assert "collaboration-thanks" in result.stdout
+
+
+def test_plan_with_no_configured_source_says_what_is_missing():
+    """No source configured: one line and exit 2, not an empty plan."""
+    env = {k: v for k, v in os.environ.items() if k != "REFERLOOP_SOURCE_FILE"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "plan", "--configured"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no cohort source is configured")
