@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -435,3 +436,26 @@ def test_burying_a_batch_leaves_its_sent_deliveries_sent(store, tmp_path):
     entries = [rig.engine.ledger.get(key) for key in (sent, waiting)]
     assert [entry.outcome if entry else None for entry in entries] == ["sent", "dead"]
     assert rig.engine.ledger.dead_letters() == [waiting]
+
+
+def test_a_template_that_fails_for_one_user_fails_only_that_delivery(store, tmp_path):
+    """A body that loops over a user's own number breaks its loop limit for the
+    user whose number is huge: that delivery is dead-lettered with the reason,
+    and the other user's delivery is sent."""
+    rig = make_rig(store, tmp_path)
+    loaded = rig.engine.catalog.playbooks[0]
+    body = "{% for i in (1..user.reviewers) %}.{% endfor %} {{ invite.link }}"
+    message = loaded.playbook.nudge.message.model_copy(update={"body": body})
+    nudge = loaded.playbook.nudge.model_copy(update={"message": message})
+    playbook = loaded.playbook.model_copy(update={"nudge": nudge})
+    rig.engine.catalog.playbooks[0] = dataclasses.replace(loaded, playbook=playbook)
+
+    fine = rig.engine.decide(rig.event("u-1", reviewers=3))[0]
+    broken = rig.engine.decide(rig.event("u-2", reviewers=100_000))[0]
+    outcomes = rig.engine.deliver_many([fine, broken])
+
+    entry = rig.engine.ledger.get(broken)
+    assert entry is not None
+    assert (outcomes[fine], outcomes[broken]) == (Outcome.SENT, Outcome.DEAD)
+    assert "Liquid" in entry.reason
+    assert "u-2" not in entry.reason
