@@ -21,9 +21,13 @@ EXAMPLES = ROOT / "examples" / "triggers.jsonl"
 SIGNING_KEY = "s3cret-signing-key-for-the-privacy-test-0123456789"
 
 
-def _referloop(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def _referloop(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "orchestrator", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _count(label: str, output: str) -> int:
@@ -87,14 +91,7 @@ def test_plan_reads_cohorts_from_the_configured_sources(tmp_path):
     env = {**os.environ, "REFERLOOP_SOURCE_FILE": str(EXAMPLES)}
     env.pop("REDIS_URL", None)
 
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "plan", "--configured"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _referloop("plan", "--configured", env=env)
 
     assert result.returncode == 0, result.stderr
     assert _count("triggers seen", result.stdout) > 0
@@ -105,14 +102,7 @@ def test_plan_with_no_configured_source_says_what_is_missing():
     """No source configured: one line and exit 2, not an empty plan."""
     env = {k: v for k, v in os.environ.items() if k != "REFERLOOP_SOURCE_FILE"}
 
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "plan", "--configured"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _referloop("plan", "--configured", env=env)
 
     assert result.returncode == 2
     assert result.stderr.startswith("error: no cohort source is configured")
