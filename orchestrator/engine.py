@@ -49,6 +49,10 @@ from orchestrator.units import Cap
 logger = logging.getLogger(__name__)
 
 STEP = "nudge"
+# Reasons of the engine's own; the guardrails module names the rest.
+CONDITIONS = "conditions"
+AUDIENCE = "audience"
+DELAY = "delay"
 BUSY_RETRY_MS = 5_000
 MEMBER_FACTS_TTL_S = 86_400
 
@@ -317,16 +321,16 @@ class Engine:
         if not guardrails.matches(
             playbook.trigger.where, user, account, occurrence.facts.event
         ):
-            return "conditions"
+            return CONDITIONS
         if not guardrails.matches(playbook.audience.account, user, account):
-            return "audience"
+            return AUDIENCE
         excluded = self._excluded(playbook, occurrence)
         if excluded is not None:
             return excluded
         if self._is_reentry(playbook, last_sent):
-            return "reentry"
+            return guardrails.REENTRY
         if guardrails.in_holdout(playbook.id, occurrence.user_id, playbook.holdout):
-            return "holdout"
+            return guardrails.HOLDOUT
         return None
 
     def _value_gate(self, playbook: Playbook, occurrence: Occurrence) -> str | None:
@@ -336,17 +340,17 @@ class Engine:
             return None
         if gate.cohort is not None:
             member = self.snapshots.is_member(gate.cohort, occurrence.user_id)
-            return _unless(member, "not_activated")
+            return _unless(member, guardrails.NOT_ACTIVATED)
         if gate.where is not None:
             met = guardrails.matches(gate.where, facts.user, facts.account, {})
-            return _unless(met, "not_activated")
+            return _unless(met, guardrails.NOT_ACTIVATED)
         value = _lookup(gate.property or "", facts.user, facts.account)
-        return _unless(value not in (None, "", False, 0), "not_activated")
+        return _unless(value not in (None, "", False, 0), guardrails.NOT_ACTIVATED)
 
     def _excluded(self, playbook: Playbook, occurrence: Occurrence) -> str | None:
         for cohort in playbook.audience.exclude:
             if self.snapshots.is_member(cohort, occurrence.user_id):
-                return f"excluded:{cohort}"
+                return guardrails.excluded_reason(cohort)
         return None
 
     def _is_reentry(self, playbook: Playbook, last_sent: str | None) -> bool:
@@ -364,20 +368,22 @@ class Engine:
     ) -> int:
         """The ms until the delivery may go; a wait is recorded as a deferral."""
         now = self.clock()
-        due = occurrence.time + (playbook.trigger.delay or timedelta(0))
-        when = self._allowed_at(playbook, occurrence, max(now, due))
+        earliest = max(now, occurrence.time + (playbook.trigger.delay or timedelta(0)))
+        verdict = self._clock_verdict(playbook, occurrence, earliest)
+        when = verdict.until or earliest
         delay_ms = max(0, int((when - now).total_seconds() * 1000))
         if delay_ms > 0:
-            until_ms = int(when.timestamp() * 1000)
-            self.ledger.defer(key, until_ms, _defer_reason(due, when), pipe)
+            reason = verdict.reason or DELAY
+            self.ledger.defer(key, _ms(when), reason, pipe)
         return delay_ms
 
-    def _allowed_at(
+    def _clock_verdict(
         self, playbook: Playbook, occurrence: Occurrence, earliest: datetime
-    ) -> datetime:
+    ) -> guardrails.Verdict:
+        """Send at `earliest`, or defer for quiet hours or the send window."""
         zone = occurrence.facts.user.get("time_zone")
         quiet = playbook.limits.quiet_hours or self.workspace.quiet_hours
-        return guardrails.next_allowed(
+        return guardrails.clock_verdict(
             earliest,
             str(zone) if zone else None,
             self.workspace.time_zone,
@@ -732,10 +738,6 @@ def _lookup(path: str, user: Mapping[str, Any], account: Mapping[str, Any]) -> A
     scope, _, name = path.partition(".")
     source = user if scope == "user" else account
     return source.get(name)
-
-
-def _defer_reason(due: datetime, when: datetime) -> str:
-    return "delay" if when == due else "quiet_hours_or_window"
 
 
 def _elapsed_ms(since: float) -> float:

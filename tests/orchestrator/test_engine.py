@@ -259,7 +259,7 @@ def test_quiet_hours_defer_the_delivery_to_the_recipients_morning(store, tmp_pat
     morning = datetime(2026, 12, 2, 23, 0, tzinfo=UTC)  # 08:00 on the 3rd in Tokyo
     entry = rig.engine.ledger.get(key)
     assert entry is not None
-    assert entry.outcome == "deferred"
+    assert (entry.outcome, entry.reason) == ("deferred", "quiet_hours")
     assert int(entry.fields["until_ms"]) == int(morning.timestamp() * 1000)
     assert rig.scheduled == [(key, int((morning - NOW).total_seconds() * 1000))]
 
