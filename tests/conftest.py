@@ -17,8 +17,16 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from orchestrator.state import Store
+
+# Property tests judge behaviour, never speed: on a shared, loaded machine the time
+# a draw or an example takes says nothing about the code under test.
+settings.register_profile(
+    "referloop", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("referloop")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/15"
 TEST_DB = 15

@@ -383,7 +383,10 @@ def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
         list(source.events())
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(st.binary(max_size=200), max_size=8))
 def test_any_bytes_are_read_or_rejected_never_raised(
     tmp_path: Path, lines: list[bytes]
@@ -414,7 +417,10 @@ _KEYS = st.sampled_from(
 )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(st.lists(st.dictionaries(_KEYS, _JSON_VALUES), max_size=8))
 def test_any_json_object_is_read_or_rejected_never_raised(
     tmp_path: Path, records: list[dict[str, Any]]

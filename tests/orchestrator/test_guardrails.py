@@ -766,7 +766,7 @@ _BUDGET_NAMES = iter(range(1_000_000))
 @settings(
     max_examples=50,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     arrivals=st.lists(st.integers(0, 20_000), min_size=1, max_size=60),
