@@ -3,8 +3,8 @@
 Pure parts decide from data alone: conditions on user, account and event fields
 (`matches`), the holdout (`in_holdout`) and the recipient's clock (`next_allowed`,
 `clock_verdict`). Redis parts are shared by every worker: caps per user and account
-across all playbooks and channels (`Caps`) and vendor budgets (`Budget`). The engine
-records each decision not to send as a `Verdict` with a short reason code.
+across all playbooks and channels (`Caps`); vendor budgets live in `budgets`. The
+engine records each decision not to send as a `Verdict` with a short reason code.
 """
 
 from __future__ import annotations
@@ -471,69 +471,6 @@ def _ms(span: timedelta) -> int:
 def _blocked(caps: Sequence[Cap], answer: int) -> Cap | None:
     """The cap `_TAKE` answered with (1-based), or None for 0: taken."""
     return caps[answer - 1] if answer else None
-
-
-# --- Vendor budgets ---------------------------------------------------------------
-
-# GCRA: KEYS[1] holds the theoretical arrival time (TAT) in microseconds. ARGV: now
-# in microseconds ('' for the server's clock), the emission interval and the burst
-# tolerance, both in microseconds. Returns 0 (and moves the TAT on) or the
-# milliseconds to wait (and changes nothing). Numbers are written with %.0f:
-# Lua's default %.14g would round a 16-digit microsecond time.
-_ACQUIRE = """
-local now
-if ARGV[1] == '' then
-  local clock = redis.call('TIME')
-  now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-else
-  now = tonumber(ARGV[1])
-end
-local interval = tonumber(ARGV[2])
-local tolerance = tonumber(ARGV[3])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
-local wait = tat - tolerance - now
-if wait > 0 then
-  return math.ceil(wait / 1000)
-end
-local next_tat = tat + interval
-local ttl_ms = math.ceil((next_tat - now) / 1000) + 1
-redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', ttl_ms)
-return 0
-"""
-
-
-class Budget:
-    """A vendor's request budget, shared by every worker (GCRA in Redis).
-
-    No window of `cap.window` ever holds more than `cap.count` acquisitions, unlike
-    a fixed-window counter, which allows twice that across a window boundary.
-    `burst` acquisitions may go at once; the price is the pace after a burst: one
-    per `cap.window / (cap.count - burst + 1)`. The default, 1, paces evenly at
-    the full rate, e.g. one Braze request per 14.4 ms for `250000 per 1h`.
-
-    Use either explicit times or the server's clock for one budget, never both.
-    """
-
-    def __init__(self, store: Store, name: str, cap: Cap, *, burst: int = 1) -> None:
-        if cap.count < 1 or not 1 <= burst <= cap.count:
-            raise ValueError(f"a budget of {cap} cannot allow bursts of {burst}")
-        window_us = cap.window // timedelta(microseconds=1)
-        self.name = name
-        self.cap = cap
-        self._key = store.key("budget", name)
-        self._interval_us = -(-window_us // (cap.count - burst + 1))
-        self._tolerance_us = (burst - 1) * self._interval_us
-        self._acquire = store.redis.register_script(_ACQUIRE)
-
-    def acquire(self, now_ms: int | None = None) -> int:
-        """Take one request now and return 0, or return the ms to wait first.
-
-        A wait takes nothing: call again after it. Without `now_ms` the Redis
-        server's clock is used, so workers on different machines agree.
-        """
-        now_us = "" if now_ms is None else now_ms * 1000
-        args = [now_us, self._interval_us, self._tolerance_us]
-        return int(self._acquire(keys=[self._key], args=args))
 
 
 # --- Verdicts ---------------------------------------------------------------------

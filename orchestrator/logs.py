@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 MASK = "[redacted]"
+QUIET_LIBRARIES = ("httpx", "httpcore")
 _PATTERNS = (
     re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),  # email addresses
     re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]+"),  # authorization values
@@ -67,3 +68,7 @@ def configure(level: int, style: Literal["text", "json"] = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The HTTP libraries log every URL they call; the adapters log what matters,
+    # by path and status, so theirs stay quiet unless something goes wrong.
+    for chatty in QUIET_LIBRARIES:
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))

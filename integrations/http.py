@@ -1,0 +1,313 @@
+"""The HTTP half every vendor adapter shares: timeouts, budgets, answers to errors.
+
+A `VendorHttp` sends one vendor's requests over httpx and turns every outcome into
+what the engine understands, once, here:
+
+- 2xx: the response, for the adapter to read;
+- 429: `TransientError` with the wait the vendor asked for (`Retry-After`, or the
+  vendor's reset header), and the shared budget held off for that long, so every
+  worker slows to the vendor's pace;
+- 408 and 5xx: `TransientError`;
+- other 4xx: `PermanentError` with the status;
+- no connection, or a request refused before it was written: `TransientError`,
+  after a few quick retries (tenacity), since nothing reached the vendor;
+- a timeout or a dropped connection after the request went out: `AmbiguousError`,
+  unless the call is safe to repeat (an idempotent read, or a write the vendor
+  dedupes), which gets the same few quick retries and then `TransientError`.
+
+Long waits belong to the engine's retries (Dramatiq); tenacity only covers a few
+seconds. Messages carry the vendor, method, path and status: never bodies, query
+strings, credentials or personal data.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import tenacity
+
+from orchestrator.budgets import Budget
+from orchestrator.errors import AmbiguousError, PermanentError, TransientError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0, pool=5.0)
+# A caller waits this long for a budget slot in its own thread; a longer wait goes
+# back to the engine as a TransientError with the wait as its retry_after.
+DEFAULT_BUDGET_WAIT_MS = 2_000
+QUICK_ATTEMPTS = 3
+QUICK_WAIT_MAX_S = 1.0
+# The longest Retry-After taken at face value; a vendor asking for more is asked
+# again after this long.
+MAX_RETRY_AFTER_S = 3_600.0
+
+ResetReader = Callable[[httpx.Response], float | None]
+
+
+@dataclass(frozen=True)
+class Call:
+    """How one call may be treated when it fails.
+
+    `safe_to_repeat`: the vendor takes the same request twice as once (a read, or
+    a write it dedupes), so a timeout after sending is retried, not ambiguous.
+    """
+
+    safe_to_repeat: bool = False
+
+
+class _NotSent(Exception):
+    """The request never reached the vendor; repeating it is always safe."""
+
+
+class _Unanswered(Exception):
+    """The request went out and no answer came back."""
+
+
+class _Retryable(Exception):
+    """A transient answer (5xx, 408) to a call that is safe to repeat."""
+
+    def __init__(self, error: TransientError) -> None:
+        self.error = error
+
+
+class VendorHttp:
+    """One vendor's HTTP client: base URL, auth, timeouts and budget.
+
+    `budget` paces every request; `reset_after` reads how long a 429 asks to wait
+    when the vendor says so in its own headers rather than `Retry-After`.
+    `on_response` sees every answer, e.g. to steer the budget by rate headers.
+    The client is safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        vendor: str,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        budget: Budget | None = None,
+        budget_wait_ms: int = DEFAULT_BUDGET_WAIT_MS,
+        reset_after: ResetReader | None = None,
+        on_response: Callable[[httpx.Response], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        max_connections: int = 64,
+    ) -> None:
+        self.vendor = vendor
+        self.base_url = base_url.rstrip("/")
+        self.budget = budget
+        self.budget_wait_ms = budget_wait_ms
+        self._reset_after = reset_after
+        self._on_response = on_response
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+        )
+        self.client = httpx.Client(
+            base_url=self.base_url,
+            headers=dict(headers or {}),
+            auth=auth,
+            timeout=timeout,
+            limits=limits,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        call: Call = Call(),
+        budget: Budget | None = None,
+        **options: Any,
+    ) -> httpx.Response:
+        """Send one request and return its 2xx response.
+
+        `options` go to httpx (`json`, `content`, `params`, `headers`). `budget`
+        replaces the client's own for this call (an endpoint with its own limit).
+
+        Raises:
+            TransientError: try again later, after `retry_after_s` when known.
+            PermanentError: the vendor refused the request; do not repeat it.
+            AmbiguousError: it went out and may or may not have been taken.
+        """
+        retried = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(QUICK_ATTEMPTS),
+            wait=tenacity.wait_random_exponential(multiplier=0.1, max=QUICK_WAIT_MAX_S),
+            retry=tenacity.retry_if_exception_type((_NotSent, _Retryable))
+            | tenacity.retry_if_exception(
+                lambda exc: call.safe_to_repeat and isinstance(exc, _Unanswered)
+            ),
+            reraise=True,
+        )
+        where = f"{method} {_without_query(path)}"
+        try:
+            return retried(
+                self._once, method, path, call, budget or self.budget, options
+            )
+        except _NotSent as exc:
+            raise TransientError(
+                self.vendor, f"{where}: could not reach the vendor ({exc})"
+            ) from None
+        except _Retryable as exc:
+            raise exc.error from None
+        except _Unanswered as exc:
+            message = f"{where}: no answer ({exc})"
+            if call.safe_to_repeat:
+                raise TransientError(self.vendor, message) from None
+            raise AmbiguousError(self.vendor, message) from None
+
+    def _once(
+        self,
+        method: str,
+        path: str,
+        call: Call,
+        budget: Budget | None,
+        options: dict[str, Any],
+    ) -> httpx.Response:
+        where = f"{method} {_without_query(path)}"
+        if budget is not None:
+            self._wait_for_budget(budget, where)
+        started = time.monotonic()
+        try:
+            response = self.client.request(method, path, **options)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _NotSent(type(exc).__name__) from None
+        except (httpx.TimeoutException, httpx.NetworkError) as exc:
+            raise _Unanswered(type(exc).__name__) from None
+        except httpx.RemoteProtocolError as exc:
+            raise _Unanswered(type(exc).__name__) from None
+        elapsed_ms = (time.monotonic() - started) * 1000
+        logger.debug(
+            "%s %s answered %s in %.0f ms.",
+            self.vendor,
+            where,
+            response.status_code,
+            elapsed_ms,
+        )
+        if self._on_response is not None:
+            self._on_response(response)
+        return self._judge(method, path, response, call, budget)
+
+    def _wait_for_budget(self, budget: Budget, where: str) -> None:
+        grant = budget.wait_for_slot(self.budget_wait_ms)
+        if not grant.granted:
+            raise TransientError(
+                self.vendor,
+                f"{where}: the shared budget ({budget.cap}) is used up for now",
+                retry_after_s=grant.wait_ms / 1000,
+            )
+
+    def _judge(
+        self,
+        method: str,
+        path: str,
+        response: httpx.Response,
+        call: Call,
+        budget: Budget | None,
+    ) -> httpx.Response:
+        status = response.status_code
+        where = f"{method} {_without_query(path)}"
+        if 200 <= status < 300:
+            return response
+        if status == 429:
+            wait_s = self.retry_after(response)
+            if budget is not None and wait_s:
+                budget.hold_off(int(wait_s * 1000))
+            logger.warning(
+                "%s answered 429 to %s; waiting %s s.", self.vendor, where, wait_s
+            )
+            raise TransientError(
+                self.vendor, f"{where}: rate limited (429)", retry_after_s=wait_s
+            )
+        if status == 408 or status >= 500:
+            error = TransientError(
+                self.vendor,
+                f"{where}: answered {status}",
+                retry_after_s=self.retry_after(response),
+            )
+            if call.safe_to_repeat:
+                raise _Retryable(error)
+            raise error
+        if status in (401, 403):
+            raise PermanentError(
+                self.vendor,
+                f"{where}: credentials refused ({status}); check the settings",
+                status,
+            )
+        raise PermanentError(self.vendor, f"{where}: refused ({status})", status)
+
+    def retry_after(self, response: httpx.Response) -> float | None:
+        """The wait a response asks for, in seconds, if it says."""
+        waited = parse_retry_after(response.headers.get("retry-after"))
+        if waited is None and self._reset_after is not None:
+            waited = self._reset_after(response)
+        if waited is None:
+            return None
+        return min(max(waited, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _without_query(path: str) -> str:
+    return path.partition("?")[0]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Read `Retry-After` as seconds: a number of seconds or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(moment.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def reset_epoch_after(header: str) -> ResetReader:
+    """Read a header holding the Unix time when the limit resets (Intercom, Braze)."""
+
+    def read(response: httpx.Response) -> float | None:
+        raw = response.headers.get(header)
+        if raw is None:
+            return None
+        try:
+            return max(float(raw) - time.time(), 0.0)
+        except ValueError:
+            return None
+
+    return read
+
+
+def json_or_none(response: httpx.Response) -> Any:
+    """The body as JSON, or None when the vendor sent something else.
+
+    A 2xx with a broken body still means the vendor took the request; the
+    adapter goes on without the ids it would have read.
+    """
+    try:
+        return response.json()
+    except ValueError:
+        logger.warning(
+            "%s %s answered %s with a body that is not JSON.",
+            response.request.method,
+            response.request.url.path,
+            response.status_code,
+        )
+        return None

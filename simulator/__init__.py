@@ -1,0 +1,27 @@
+"""A local stand-in for the vendors, answering over real HTTP on loopback.
+
+Tests and benchmarks point the adapters at it instead of Customer.io, Braze,
+Intercom and Mixpanel. Each vendor answers on its own path prefix with the
+vendor's paths, auth checks, bodies and rate limits; faults are switched on per
+test; every request is recorded so that tests assert on what went over the wire.
+"""
+
+from simulator.core import (
+    Fault,
+    Limit,
+    Received,
+    SimRequest,
+    SimResponse,
+    Simulator,
+    VendorSim,
+)
+
+__all__ = [
+    "Fault",
+    "Limit",
+    "Received",
+    "SimRequest",
+    "SimResponse",
+    "Simulator",
+    "VendorSim",
+]
