@@ -233,3 +233,35 @@ class RewardTarget(Protocol):
     name: ClassVar[str]
 
     def grant(self, request: GrantRequest) -> Sent: ...
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `referloop doctor`: a vendor setting or credential, and whether
+    it works. `detail` says what to fix; it never holds a secret."""
+
+    vendor: str
+    what: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ConformanceCase:
+    """How the conformance suite drives one kind of send of an adapter.
+
+    An adapter offers its cases through a classmethod,
+    `conformance_cases(base_url: str, store: Store, budget: Cap) -> list[...]`:
+    `sender` is built against `base_url` (the simulator standing in for the
+    vendor) with `budget` as the budget of its send path; `nudge` is one that it
+    sends there; `secrets` are the credentials it was given, which must never
+    appear in a log line or an error. `dedupes` says the vendor ignores a repeat
+    of the same send, so an unanswered send may be retried (TransientError)
+    instead of being reported as ambiguous.
+    """
+
+    label: str
+    sender: Sender
+    nudge: RenderedNudge
+    secrets: tuple[str, ...]
+    dedupes: bool = False
