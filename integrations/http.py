@@ -33,7 +33,12 @@ import httpx
 import tenacity
 
 from orchestrator.budgets import Budget
-from orchestrator.errors import AmbiguousError, PermanentError, TransientError
+from orchestrator.errors import (
+    AmbiguousError,
+    PermanentError,
+    TransientError,
+    VendorError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +52,7 @@ QUICK_WAIT_MAX_S = 1.0
 # again after this long.
 MAX_RETRY_AFTER_S = 3_600.0
 
-ResetReader = Callable[[httpx.Response], float | None]
+ResetReader = Callable[[Mapping[str, str]], float | None]
 
 
 @dataclass(frozen=True)
@@ -218,44 +223,76 @@ class VendorHttp:
         budget: Budget | None,
     ) -> httpx.Response:
         status = response.status_code
-        where = f"{method} {_without_query(path)}"
         if 200 <= status < 300:
             return response
-        if status == 429:
-            wait_s = self.retry_after(response)
-            if budget is not None and wait_s:
-                budget.hold_off(int(wait_s * 1000))
-            logger.warning(
-                "%s answered 429 to %s; waiting %s s.", self.vendor, where, wait_s
-            )
-            raise TransientError(
-                self.vendor, f"{where}: rate limited (429)", retry_after_s=wait_s
-            )
-        if status == 408 or status >= 500:
-            error = TransientError(
-                self.vendor,
-                f"{where}: answered {status}",
-                retry_after_s=self.retry_after(response),
-            )
-            if call.safe_to_repeat:
-                raise _Retryable(error)
-            raise error
-        if status in (401, 403):
-            raise PermanentError(
-                self.vendor,
-                f"{where}: credentials refused ({status}); check the settings",
-                status,
-            )
-        raise PermanentError(self.vendor, f"{where}: refused ({status})", status)
+        where = f"{method} {_without_query(path)}"
+        wait_s = self.retry_after(response.headers)
+        if status == 429 and budget is not None and wait_s:
+            budget.hold_off(int(wait_s * 1000))
+        error = error_for_status(self.vendor, where, status, wait_s)
+        if isinstance(error, TransientError) and status != 429 and call.safe_to_repeat:
+            raise _Retryable(error)
+        raise error
 
-    def retry_after(self, response: httpx.Response) -> float | None:
-        """The wait a response asks for, in seconds, if it says."""
-        waited = parse_retry_after(response.headers.get("retry-after"))
-        if waited is None and self._reset_after is not None:
-            waited = self._reset_after(response)
-        if waited is None:
-            return None
-        return min(max(waited, 0.0), MAX_RETRY_AFTER_S)
+    def retry_after(self, headers: Mapping[str, str]) -> float | None:
+        """The wait an answer asks for, in seconds, if it says."""
+        return retry_after_of(headers, self._reset_after)
+
+
+def retry_after_of(
+    headers: Mapping[str, str], reset_after: ResetReader | None = None
+) -> float | None:
+    """The wait a vendor's answer asks for, in seconds: `Retry-After`, else the
+    vendor's own reset header read by `reset_after`; at most an hour."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    waited = parse_retry_after(lowered.get("retry-after"))
+    if waited is None and reset_after is not None:
+        waited = reset_after(lowered)
+    if waited is None:
+        return None
+    return min(max(waited, 0.0), MAX_RETRY_AFTER_S)
+
+
+def error_for_status(
+    vendor: str, where: str, status: int, retry_after_s: float | None = None
+) -> VendorError:
+    """The error a non-2xx answer means; `where` is `METHOD /path`, no query.
+
+    For adapters built on a vendor SDK, which raise their own exceptions: read the
+    status and headers off those and raise this instead.
+    """
+    if status == 429:
+        logger.warning(
+            "%s answered 429 to %s; waiting %s s.", vendor, where, retry_after_s
+        )
+        return TransientError(
+            vendor, f"{where}: rate limited (429)", retry_after_s=retry_after_s
+        )
+    if status == 408 or status >= 500:
+        return TransientError(
+            vendor, f"{where}: answered {status}", retry_after_s=retry_after_s
+        )
+    if status in (401, 403):
+        return PermanentError(
+            vendor,
+            f"{where}: credentials refused ({status}); check the settings",
+            status,
+        )
+    return PermanentError(vendor, f"{where}: refused ({status})", status)
+
+
+def error_for_transport(
+    vendor: str, where: str, exc: httpx.HTTPError, *, safe_to_repeat: bool
+) -> VendorError:
+    """The error a failed exchange means: nothing sent is transient; sent and not
+    answered is ambiguous, unless the call is safe to repeat."""
+    name = type(exc).__name__
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return TransientError(vendor, f"{where}: could not reach the vendor ({name})")
+    message = f"{where}: no answer ({name})"
+    if safe_to_repeat:
+        return TransientError(vendor, message)
+    return AmbiguousError(vendor, message)
 
 
 def _without_query(path: str) -> str:
@@ -281,10 +318,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def reset_epoch_after(header: str) -> ResetReader:
-    """Read a header holding the Unix time when the limit resets (Intercom, Braze)."""
+    """Read a header holding the Unix time when the limit resets (Intercom, Braze).
 
-    def read(response: httpx.Response) -> float | None:
-        raw = response.headers.get(header)
+    The reader is given the headers with lowercased names.
+    """
+
+    def read(headers: Mapping[str, str]) -> float | None:
+        raw = headers.get(header.lower())
         if raw is None:
             return None
         try:
