@@ -97,7 +97,7 @@ class VendorHttp:
         *,
         headers: Mapping[str, str] | None = None,
         auth: httpx.Auth | tuple[str, str] | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | None = None,
         budget: Budget | None = None,
         budget_wait_ms: int = DEFAULT_BUDGET_WAIT_MS,
         reset_after: ResetReader | None = None,
@@ -119,7 +119,7 @@ class VendorHttp:
             base_url=self.base_url,
             headers=dict(headers or {}),
             auth=auth,
-            timeout=timeout,
+            timeout=timeout or default_timeout(),
             limits=limits,
             transport=transport,
             follow_redirects=False,
@@ -293,6 +293,11 @@ def error_for_transport(
     if safe_to_repeat:
         return TransientError(vendor, message)
     return AmbiguousError(vendor, message)
+
+
+def default_timeout() -> httpx.Timeout:
+    """The timeouts a client gets when it names none (read when it is built)."""
+    return DEFAULT_TIMEOUT
 
 
 def _without_query(path: str) -> str:

@@ -40,6 +40,10 @@ DELIVER_TIME_LIMIT_MS = 120_000
 DELIVER_MAX_RETRIES = 8
 DELIVER_MIN_BACKOFF_MS = 15_000
 DELIVER_MAX_BACKOFF_MS = 30 * 60_000
+# Waits that are not failures (a vendor's 429, a budget used up for now) do not
+# use up retries; past this much waiting in all, they count again, so that
+# nothing waits forever.
+DELIVER_MAX_WAIT_MS = 24 * 3_600_000
 BATCH = CHUNK_MAX
 
 _engine: Engine | None = None
@@ -90,23 +94,46 @@ def declare(broker: dramatiq.Broker) -> Actors:
         listed = _listed(keys)
         results = _current().deliver_many(listed)
         retries = [(k, r) for k, r in results.items() if isinstance(r, Retry)]
-        if len(listed) == 1 and retries:
-            key, retry = retries[0]
-            logger.info(
-                "Delivery %s retries in %d ms: %s.", key, retry.delay_ms, retry.reason
-            )
-            raise dramatiq.Retry(retry.reason, delay=retry.delay_ms or None) from retry
         for key, retry in retries:
-            _retry_alone(key, retry)
+            if (
+                not retry.counts
+                and _waited_ms() + retry.delay_ms <= DELIVER_MAX_WAIT_MS
+            ):
+                _wait_alone(key, retry)
+            elif len(listed) == 1:
+                logger.info(
+                    "Delivery %s retries in %d ms: %s.",
+                    key,
+                    retry.delay_ms,
+                    retry.reason,
+                )
+                raise dramatiq.Retry(
+                    retry.reason, delay=retry.delay_ms or None
+                ) from retry
+            else:
+                _retry_alone(key, retry)
 
     def _retry_alone(key: str, retry: Retry) -> None:
         # As Dramatiq's own retry would: counted, and after a backoff at least.
-        message = CurrentMessage.get_current_message()
-        retries = (message.options.get("retries", 0) if message else 0) + 1
+        options = _options()
         delay_ms = retry.delay_ms or DELIVER_MIN_BACKOFF_MS
         logger.info("Delivery %s retries in %d ms: %s.", key, delay_ms, retry.reason)
         declared.deliver.send_with_options(
-            args=([key],), delay=delay_ms, retries=retries
+            args=([key],),
+            delay=delay_ms,
+            retries=options.get("retries", 0) + 1,
+            waited_ms=options.get("waited_ms", 0),
+        )
+
+    def _wait_alone(key: str, retry: Retry) -> None:
+        # Not a failure: the retries stay as they were; the waiting adds up.
+        options = _options()
+        logger.debug("Delivery %s waits %d ms: %s.", key, retry.delay_ms, retry.reason)
+        declared.deliver.send_with_options(
+            args=([key],),
+            delay=retry.delay_ms or None,
+            retries=options.get("retries", 0),
+            waited_ms=_waited_ms() + retry.delay_ms,
         )
 
     def dead_letter(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
@@ -148,6 +175,15 @@ def declare(broker: dramatiq.Broker) -> Actors:
         dead_letter=dead,
     )
     return declared
+
+
+def _options() -> dict[str, Any]:
+    message = CurrentMessage.get_current_message()
+    return dict(message.options) if message is not None else {}
+
+
+def _waited_ms() -> int:
+    return int(_options().get("waited_ms", 0))
 
 
 def _listed(ids: list[str] | str) -> list[str]:

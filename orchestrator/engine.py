@@ -68,11 +68,18 @@ Schedule = Callable[[list[str], int], None]
 
 
 class Retry(Exception):
-    """Ask the actor to try this delivery again after `delay_ms`."""
+    """Ask the actor to try this delivery again after `delay_ms`.
 
-    def __init__(self, delay_ms: int, reason: str) -> None:
+    `counts` says whether this was a failed attempt. Waiting because a vendor
+    asked for time (a 429, a budget used up for now), because another worker
+    holds the key, or because the batch ran out of time is not a failure: it
+    must not use up the retries that protect against a vendor that keeps failing.
+    """
+
+    def __init__(self, delay_ms: int, reason: str, *, counts: bool = True) -> None:
         self.delay_ms = delay_ms
         self.reason = reason
+        self.counts = counts
         super().__init__(reason)
 
 
@@ -504,7 +511,9 @@ class Engine:
         while at < len(claimed):
             if _elapsed_ms(began) > BATCH_BUDGET_MS:
                 for key, _, _ in claimed[at:]:
-                    results[key] = Retry(0, "its batch ran out of time before it")
+                    results[key] = Retry(
+                        0, "its batch ran out of time before it", counts=False
+                    )
                 return
             chunk = claimed[at : at + size]
             started = time.monotonic()
@@ -558,7 +567,9 @@ class Engine:
         if answer is Reservation.DONE:
             return Outcome.SENT
         if answer is Reservation.BUSY:
-            raise Retry(BUSY_RETRY_MS, "another worker holds this delivery")
+            raise Retry(
+                BUSY_RETRY_MS, "another worker holds this delivery", counts=False
+            )
         if answer is Reservation.ORPHANED and playbook.nudge.on_ambiguous == "hold":
             reason = "an earlier attempt was cut off and may have sent it"
             self.ledger.mark_ambiguous(key, lease, reason)
@@ -567,7 +578,7 @@ class Engine:
         if late:
             # The batch ran slow: send nothing on a lease that may lapse mid-send.
             self.ledger.release(key, lease, "its batch ran past half the lease")
-            raise Retry(0, "its batch ran past half the lease")
+            raise Retry(0, "its batch ran past half the lease", counts=False)
         return self._through_channels(key, lease, playbook, occurrence)
 
     def _through_channels(
@@ -622,8 +633,10 @@ class Engine:
             return None
         except TransientError as exc:
             self.ledger.release(key, lease, f"{name}: {exc}")
+            asked = exc.retry_after_s is not None
             delay_ms = int((exc.retry_after_s or 0) * 1000)
-            raise Retry(delay_ms, f"{name} asked to try later") from exc
+            reason = f"{name} asked to wait" if asked else f"{name} failed for now"
+            raise Retry(delay_ms, reason, counts=not asked) from exc
         except AmbiguousError as exc:
             return self._ambiguous(key, lease, playbook, name, str(exc))
         return name, sent

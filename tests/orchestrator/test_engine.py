@@ -423,6 +423,42 @@ def test_the_worker_retries_a_throttled_key_of_a_batch_on_its_own(
     assert rig.engine.ledger.counts().get("sent") == 10
 
 
+def test_waiting_on_a_vendor_uses_up_no_retries(store, tmp_path, redis_url):
+    """A delivery told to wait by its vendor more often than it may fail (a long
+    429 storm) is still sent once the vendor takes it, with its retries untouched:
+    a wait is not a failure, and only failures are bounded by the retries."""
+    rig = make_rig(store, tmp_path)
+    broker = build_broker(Settings(redis_url=redis_url, namespace=store.namespace))
+    declared = actors.declare(broker)
+    rig.engine.schedule = declared.schedule
+    actors.install(rig.engine)
+    storm = actors.DELIVER_MAX_RETRIES + 4
+    asked: list[str] = []
+
+    def throttled(nudge: RenderedNudge) -> None:
+        if len(asked) < storm:
+            asked.append(nudge.delivery_key)
+            raise TransientError("intercom", "429", retry_after_s=0.05)
+
+    rig.intercom.answer = throttled
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    try:
+        declared.decide_all([rig.event("u-1")])
+        deadline = time.monotonic() + 30
+        while not rig.intercom.sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        broker.close()
+        actors.install(None)
+
+    assert len(asked) == storm
+    assert len(rig.intercom.sent) == 1
+    assert rig.engine.ledger.counts().get("sent") == 1
+    assert rig.engine.ledger.dead_letters() == []
+
+
 def test_burying_a_batch_leaves_its_sent_deliveries_sent(store, tmp_path):
     """A deliver message whose retries ran out names every key of its batch;
     the ones an earlier attempt sent stay sent, with their caps."""
