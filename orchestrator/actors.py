@@ -4,6 +4,7 @@
     decide(occurrence_ids)      judge each playbook the occurrences fire
     deliver(delivery_keys)      send each delivery, once in effect
     dead_letter(message)        record deliveries whose retries ran out
+    export_events(slot)         send the journal's loop events to the analytics sink
 
 `decide` and `deliver` take up to BATCH ids, so that a message's own cost and
 the engine's round trips are shared by the batch. Each key keeps its own fate:
@@ -45,6 +46,10 @@ DELIVER_MAX_BACKOFF_MS = 30 * 60_000
 # nothing waits forever.
 DELIVER_MAX_WAIT_MS = 24 * 3_600_000
 BATCH = CHUNK_MAX
+# Loop events go to the analytics vendor once a minute; an export that fails is
+# not retried: the next minute's export takes the same events.
+EXPORT_EVERY_MS = 60_000
+EXPORT_TIME_LIMIT_MS = 60_000
 
 _engine: Engine | None = None
 
@@ -69,6 +74,7 @@ class Actors:
     decide: dramatiq.Actor[[list[str]], None]
     deliver: dramatiq.Actor[[list[str]], None]
     dead_letter: dramatiq.Actor[[dict[str, Any], dict[str, Any]], None]
+    export_events: dramatiq.Actor[[str], None]
 
     def decide_all(self, occurrence_ids: Sequence[str]) -> None:
         """Hand occurrences to the decide step, BATCH to a message."""
@@ -143,6 +149,9 @@ def declare(broker: dramatiq.Broker) -> Actors:
             _current().bury(key, f"retries exhausted after {retries} attempts")
             logger.warning("Delivery %s is dead after %s retries.", key, retries)
 
+    def export_events(slot: str) -> None:
+        _current().export_journal()
+
     dead = dramatiq.actor(
         broker=broker, actor_name="dead_letter", queue_name=DELIVERIES_QUEUE
     )(dead_letter)
@@ -173,6 +182,14 @@ def declare(broker: dramatiq.Broker) -> Actors:
             on_retry_exhausted="dead_letter",
         )(deliver),
         dead_letter=dead,
+        export_events=dramatiq.actor(
+            broker=broker,
+            actor_name="export_events",
+            queue_name=SOURCES_QUEUE,
+            time_limit=EXPORT_TIME_LIMIT_MS,
+            max_age=EXPORT_EVERY_MS,
+            max_retries=0,
+        )(export_events),
     )
     return declared
 

@@ -28,7 +28,14 @@ from typing import Any, cast
 
 from redis.client import Pipeline
 
-from integrations.base import CohortSource, Member, Rejected, Sender, Sent
+from integrations.base import (
+    CohortSource,
+    EventSink,
+    Member,
+    Rejected,
+    Sender,
+    Sent,
+)
 from orchestrator import guardrails, occurrences, render
 from orchestrator.errors import (
     AmbiguousError,
@@ -36,6 +43,7 @@ from orchestrator.errors import (
     TemplateError,
     TransientError,
 )
+from orchestrator.journal import Exported, Journal, Kind
 from orchestrator.keys import delivery_key
 from orchestrator.ledger import FINAL, LEASE_MS, Entry, Ledger, Outcome, Reservation
 from orchestrator.loader import Catalog, LoadedPlaybook
@@ -98,6 +106,8 @@ class Engine:
     schedule: Schedule
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     sources: Mapping[str, CohortSource] = field(default_factory=dict)
+    journal: Journal | None = None
+    sink: EventSink | None = None
     ledger: Ledger = field(init=False)
     occurrences: Occurrences = field(init=False)
     snapshots: Snapshots = field(init=False)
@@ -233,6 +243,7 @@ class Engine:
             reason = self._held_back(playbook, occurrence, last)
             if reason is not None:
                 self.ledger.hold(key, reason, pipe)
+                self._note(pipe, "held", key, reason)
                 logger.info(
                     "Held back delivery %s of %s: %s.", key, playbook.id, reason
                 )
@@ -475,7 +486,9 @@ class Engine:
             if cap is None:
                 claimed.append(item)
                 continue
-            self.ledger.hold(item[0], _cap_reason(claim, cap), pipe)
+            reason = _cap_reason(claim, cap)
+            self.ledger.hold(item[0], reason, pipe)
+            self._note(pipe, "held", item[0], reason)
             results[item[0]] = Outcome.HELD
         pipe.execute()
         return claimed
@@ -649,17 +662,24 @@ class Engine:
             return
         pipe = self.store.redis.pipeline(transaction=False)
         now_ms = _ms(self.clock())
+        commits = []
         for key, lease, playbook, occurrence, name, made in sent:
             vendor_id = made.vendor_id or ""
+            commits.append(len(pipe))
             self.ledger.commit_in(pipe, key, lease, channel=name, vendor_id=vendor_id)
+            self._note(pipe, "sent", key)
             pipe.set(self._reentry_key(playbook.id, occurrence.user_id), now_ms)
         answers = pipe.execute()
 
         for (key, _, playbook, _, name, _), answer in zip(
-            sent, answers[::2], strict=True
+            sent, [answers[at] for at in commits], strict=True
         ):
             self.ledger.settled(key, Outcome.SENT, answer)
             logger.info("Sent delivery %s of %s through %s.", key, playbook.id, name)
+
+    def _note(self, pipe: Pipeline, kind: Kind, key: str, reason: str = "") -> None:
+        if self.journal is not None:
+            self.journal.note_in(pipe, kind, key, reason)
 
     def _ambiguous(
         self, key: str, lease: str, playbook: Playbook, name: str, reason: str
@@ -670,6 +690,25 @@ class Engine:
         self.ledger.mark_ambiguous(key, lease, f"{name}: {reason}")
         logger.warning("Delivery %s may or may not have gone out; held.", key)
         return Outcome.AMBIGUOUS
+
+    def export_journal(self) -> Exported | None:
+        """Send the oldest loop events to the analytics sink; None without one.
+
+        Raises:
+            TransientError: the sink could not take them now; they stay.
+        """
+        if self.journal is None or self.sink is None:
+            return None
+        exported = self.journal.export(self.ledger, self.sink)
+        if exported.taken or exported.refused:
+            logger.info(
+                "Exported %d loop events to %s (%d refused, %d left).",
+                exported.taken,
+                self.sink.name,
+                exported.refused,
+                exported.left,
+            )
+        return exported
 
     def bury(self, key: str, reason: str) -> None:
         """Give up on a delivery: dead letter, with its caps given back.

@@ -73,7 +73,8 @@ def sources(settings: Settings) -> dict[str, CohortSource]:
 
 
 def run_clock_process(settings: Settings) -> int:
-    """Enqueue a poll of every cohort the playbooks name, once per slot."""
+    """Enqueue a poll of every cohort the playbooks name, once per slot, and the
+    export of loop events every minute."""
     store = Store.from_settings(settings)
     broker = build_broker(settings)
     declared = actors.declare(broker)
@@ -83,6 +84,7 @@ def run_clock_process(settings: Settings) -> int:
     interval = every(timedelta(minutes=settings.poll_minutes))
     for cohort in sorted(engine.cohorts()):
         clock.add(f"poll:{cohort}", interval, _poller(declared, cohort))
+    clock.add("export-events", every(timedelta(minutes=1)), _exporter(declared))
     clock.run()
     return 0
 
@@ -90,6 +92,13 @@ def run_clock_process(settings: Settings) -> int:
 def _poller(declared: actors.Actors, cohort: str) -> Callable[[str], None]:
     def enqueue(slot: str) -> None:
         declared.poll.send(cohort, slot)
+
+    return enqueue
+
+
+def _exporter(declared: actors.Actors) -> Callable[[str], None]:
+    def enqueue(slot: str) -> None:
+        declared.export_events.send(slot)
 
     return enqueue
 
