@@ -272,10 +272,15 @@ def error_for_status(
         return TransientError(
             vendor, f"{where}: answered {status}", retry_after_s=retry_after_s
         )
-    if status in (401, 403):
+    if status == 401:
+        return PermanentError(
+            vendor, f"{where}: credentials refused (401); check the settings", status
+        )
+    if status == 403:
         return PermanentError(
             vendor,
-            f"{where}: credentials refused ({status}); check the settings",
+            f"{where}: not permitted (403): the key lacks a permission, or the "
+            "feature is off for this workspace",
             status,
         )
     return PermanentError(vendor, f"{where}: refused ({status})", status)

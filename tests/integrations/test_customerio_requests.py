@@ -203,3 +203,39 @@ def test_a_reference_gives_exactly_one_kind_of_send(keys) -> None:
     message = str(raised.value)
     for key in ("transactional_message", "broadcast", "event"):
         assert f"`{key}`" in message
+
+
+@pytest.mark.parametrize("message_type", ["push", "in_app"])
+def test_a_transactional_push_or_in_app_message_goes_to_the_person(
+    message_type, nudge
+) -> None:
+    """`POST /v1/send/push` and `/v1/send/in_app` address the person by id only."""
+    reference = CustomerIOReference(transactional_message=3, message_type=message_type)
+    sample = nudge(reference, email=None)
+
+    request = CustomerIOChannel().build_request(sample)
+
+    assert request.url == f"https://api.customer.io/v1/send/{message_type}"
+    assert request.json == {
+        "transactional_message_id": 3,
+        "identifiers": {"id": "user-42"},
+        "message_data": {
+            **sample.data,
+            "subject": sample.subject,
+            "body": sample.body,
+        },
+    }
+
+
+def test_a_transactional_message_is_an_email_unless_told_otherwise() -> None:
+    """Playbooks written before `message_type` keep sending emails."""
+    reference = CustomerIOReference(transactional_message=3)
+
+    assert reference.message_type == "email"
+
+
+@pytest.mark.parametrize("keys", [{"event": "e"}, {"broadcast": 1}])
+def test_a_message_type_belongs_to_a_transactional_message(keys) -> None:
+    """`message_type` beside a broadcast or an event is a mistake, and says so."""
+    with pytest.raises(pydantic.ValidationError, match="`message_type` applies only"):
+        CustomerIOReference.model_validate({**keys, "message_type": "push"})
