@@ -2,7 +2,9 @@
 
 from integrations.base import (
     Channel,
+    Check,
     CohortSource,
+    ConformanceCase,
     EventSink,
     EventSource,
     GrantRequest,
@@ -18,11 +20,13 @@ from integrations.base import (
     Sent,
     VendorRequest,
 )
-from integrations.registry import channel, channel_names
+from integrations.registry import channel, channel_names, sender_class
 
 __all__ = [
     "Channel",
+    "Check",
     "CohortSource",
+    "ConformanceCase",
     "EventSink",
     "EventSource",
     "GrantRequest",
@@ -39,4 +43,5 @@ __all__ = [
     "VendorRequest",
     "channel",
     "channel_names",
+    "sender_class",
 ]

@@ -1,4 +1,4 @@
-"""The registry of channels: the built-in four, then any installed adapter.
+"""The registry of channels: the built-in ones, then any installed adapter.
 
 An installed package adds a channel by declaring an entry point in the group
 `referloop.adapters` (`name = "package.module:ChannelClass"`). Entry points are only
@@ -17,10 +17,11 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from integrations.base import Channel, Reference
-from integrations.braze import BrazeChannel
+from integrations.braze import BrazeChannel, BrazeSender
 from integrations.customerio import CustomerIOChannel
-from integrations.intercom import IntercomChannel
+from integrations.intercom import IntercomChannel, IntercomSender
 from integrations.outbox import OutboxChannel
+from integrations.webhook import WebhookChannel
 from orchestrator.errors import ConfigurationError
 from orchestrator.problems import did_you_mean
 
@@ -32,7 +33,20 @@ ChannelFactory = Callable[..., Channel]
 
 _BUILT_INS: dict[str, type[Channel]] = {
     built_in.name: built_in
-    for built_in in (OutboxChannel, CustomerIOChannel, BrazeChannel, IntercomChannel)
+    for built_in in (
+        OutboxChannel,
+        CustomerIOChannel,
+        BrazeChannel,
+        IntercomChannel,
+        WebhookChannel,
+    )
+}
+# The classes that send for each built-in vendor channel (the outbox is local).
+_BUILT_IN_SENDERS: dict[str, type[Any]] = {
+    "customerio": CustomerIOChannel,
+    "braze": BrazeSender,
+    "intercom": IntercomSender,
+    "webhook": WebhookChannel,
 }
 
 
@@ -58,6 +72,21 @@ def channel(name: str, **settings: Any) -> Channel:
 def channel_names() -> list[str]:
     """Return the names of every channel, built-in and installed, sorted."""
     return sorted(_BUILT_INS.keys() | _adapter_entry_points().keys())
+
+
+def sender_class(name: str) -> type[Any] | None:
+    """The class that sends through vendor channel `name`, or None for a channel
+    that only builds requests (or the local outbox).
+
+    An installed adapter's class sends when it has `send`.
+
+    Raises:
+        ConfigurationError: no channel has that name, or its adapter cannot load.
+    """
+    if name in _BUILT_INS:
+        return _BUILT_IN_SENDERS.get(name)
+    loaded = _factory(name)
+    return loaded if isinstance(loaded, type) and hasattr(loaded, "send") else None
 
 
 def reference_models() -> dict[str, type[Reference]]:

@@ -16,6 +16,18 @@ from simulator.core import (
     VendorSim,
 )
 
+
+def all_vendors() -> list[VendorSim]:
+    """One simulated vendor of each kind referloop speaks to, freshly made."""
+    from simulator.braze import BrazeSim
+    from simulator.customerio import CustomerIOSim
+    from simulator.intercom import IntercomSim
+    from simulator.mixpanel import MixpanelSim
+    from simulator.product import ProductSim
+
+    return [CustomerIOSim(), BrazeSim(), IntercomSim(), MixpanelSim(), ProductSim()]
+
+
 __all__ = [
     "Fault",
     "Limit",
@@ -24,4 +36,5 @@ __all__ = [
     "SimResponse",
     "Simulator",
     "VendorSim",
+    "all_vendors",
 ]

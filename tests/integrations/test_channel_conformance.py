@@ -14,6 +14,7 @@ from integrations.base import SECURE
 from integrations.braze import BrazeReference
 from integrations.customerio import CustomerIOReference
 from integrations.intercom import IntercomReference
+from integrations.webhook import WebhookReference
 from orchestrator.errors import ConfigurationError
 
 FAKE_SECRET = "fake-secret-7f3a9c-do-not-send"
@@ -34,6 +35,8 @@ SAMPLES: dict[str, list[Reference | None]] = {
         CustomerIOReference(transactional_message=3),
         CustomerIOReference(broadcast=12),
         CustomerIOReference(event="invite_nudge"),
+        CustomerIOReference(transactional_message=4, message_type="push"),
+        CustomerIOReference(transactional_message=5, message_type="in_app"),
     ],
     "braze": [
         BrazeReference(campaign="0b7e2c34-campaign"),
@@ -43,6 +46,7 @@ SAMPLES: dict[str, list[Reference | None]] = {
         IntercomReference(from_admin=394051),
         IntercomReference(message_type="email", from_admin=394051),
     ],
+    "webhook": [WebhookReference(topic="invite-reviewers")],
 }
 REFERENCED = sorted(
     name for name, references in SAMPLES.items() if None not in references

@@ -12,6 +12,7 @@ from integrations.customerio import CustomerIOReference
 from integrations.intercom import IntercomReference
 from integrations.outbox import OutboxChannel
 from integrations.registry import ENTRY_POINT_GROUP, reference_models
+from integrations.webhook import WebhookReference
 from orchestrator.errors import ConfigurationError
 
 EXTRA_ADAPTER = """
@@ -46,7 +47,7 @@ def test_every_built_in_channel_is_listed() -> None:
     """The four built-ins are there, whatever else is installed."""
     names = channel_names()
 
-    assert {"outbox", "customerio", "braze", "intercom"} <= set(names)
+    assert {"outbox", "customerio", "braze", "intercom", "webhook"} <= set(names)
     assert names == sorted(names)
 
 
@@ -82,6 +83,7 @@ def test_reference_models_cover_the_channels_that_take_one() -> None:
         "customerio": CustomerIOReference,
         "braze": BrazeReference,
         "intercom": IntercomReference,
+        "webhook": WebhookReference,
     }
 
 

@@ -1,0 +1,316 @@
+"""Which vendors this process speaks to, built from the workspace and the environment.
+
+Settings that are not secrets (regions, the Braze instance, the Mixpanel project,
+budgets) live in the workspace file, where a pull request reviews them; credentials
+come from the environment, never from a file. A vendor is configured when any of
+its credentials is set; a vendor half configured is reported by `referloop doctor`
+and refused by the worker with the names of the settings that are missing.
+
+`*_URL` variables replace a vendor's base URL, for a staging vendor or the
+simulator; production leaves them unset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from integrations import webhook
+from integrations.base import Check, CohortSource, EventSink, RewardTarget, Sender
+from integrations.braze import BrazeSender
+from integrations.customerio import CustomerIOChannel
+from integrations.intercom import IntercomSender
+from integrations.mixpanel import MixpanelAdapter
+from integrations.webhook import WebhookChannel, WebhookRewards
+from orchestrator.errors import ConfigurationError, ReferloopError
+from orchestrator.model import Workspace
+from orchestrator.state import Store
+from orchestrator.units import Cap
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VendorSettings:
+    """The environment variables of one vendor: which are secret, which required."""
+
+    vendor: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    # Any one of these groups complete is enough (Customer.io's two APIs).
+    alternatives: tuple[tuple[str, ...], ...] = ()
+
+    def given(self, env: Mapping[str, str]) -> dict[str, str]:
+        names = {*self.required, *self.optional, *_flat(self.alternatives)}
+        return {name: env[name] for name in names if env.get(name)}
+
+    def configured(self, env: Mapping[str, str]) -> bool:
+        secrets = {*self.required, *_flat(self.alternatives)}
+        return any(env.get(name) for name in secrets)
+
+    def missing(self, env: Mapping[str, str]) -> list[str]:
+        absent = [name for name in self.required if not env.get(name)]
+        if self.alternatives and not any(
+            all(env.get(name) for name in group) for group in self.alternatives
+        ):
+            absent += [
+                " + ".join(group)
+                for group in self.alternatives
+                if not all(env.get(name) for name in group)
+            ]
+        return absent
+
+
+def _flat(groups: tuple[tuple[str, ...], ...]) -> list[str]:
+    return [name for group in groups for name in group]
+
+
+SETTINGS: dict[str, VendorSettings] = {
+    "customerio": VendorSettings(
+        "customerio",
+        required=(),
+        optional=("CUSTOMERIO_APP_URL", "CUSTOMERIO_TRACK_URL"),
+        alternatives=(
+            ("CUSTOMERIO_APP_API_KEY",),
+            ("CUSTOMERIO_SITE_ID", "CUSTOMERIO_TRACK_API_KEY"),
+        ),
+    ),
+    "braze": VendorSettings(
+        "braze", required=("BRAZE_API_KEY",), optional=("BRAZE_REST_URL",)
+    ),
+    "intercom": VendorSettings(
+        "intercom", required=("INTERCOM_ACCESS_TOKEN",), optional=("INTERCOM_URL",)
+    ),
+    "mixpanel": VendorSettings(
+        "mixpanel",
+        required=("MIXPANEL_SERVICE_ACCOUNT", "MIXPANEL_SERVICE_SECRET"),
+        optional=(
+            "MIXPANEL_PROJECT_ID",
+            "MIXPANEL_QUERY_URL",
+            "MIXPANEL_INGESTION_URL",
+            "MIXPANEL_ACCOUNT_PROPERTY",
+        ),
+    ),
+    "webhook": VendorSettings(
+        "webhook",
+        required=("WEBHOOK_BASE_URL", "WEBHOOK_SECRETS"),
+        optional=("WEBHOOK_GRANTS_PATH", "WEBHOOK_NUDGES_PATH", "WEBHOOK_HEALTH_PATH"),
+    ),
+}
+
+# The budget each workspace `vendors.<name>.budget` sets.
+MAIN_BUDGETS = {
+    "customerio": "customerio:track",
+    "braze": "braze:messaging",
+    "intercom": "intercom:api",
+    "mixpanel": "mixpanel:query",
+}
+
+
+@dataclass
+class Vendors:
+    """The adapters of the configured vendors, ready to use.
+
+    `senders` by channel name, `sources` by cohort vendor (`mixpanel`), the
+    analytics `sink`, the product's `rewards`; `problems` names each vendor that
+    is half configured, with what is missing.
+    """
+
+    senders: dict[str, Sender] = field(default_factory=dict)
+    sources: dict[str, CohortSource] = field(default_factory=dict)
+    sink: EventSink | None = None
+    rewards: RewardTarget | None = None
+    problems: dict[str, str] = field(default_factory=dict)
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+
+    def adapters(self) -> dict[str, Any]:
+        """Every adapter built, by vendor name (a vendor may serve several roles)."""
+        found: dict[str, Any] = dict(self.senders)
+        for source in self.sources.values():
+            found.setdefault(source.name, source)
+        if self.rewards is not None:
+            found.setdefault(self.rewards.name, self.rewards)
+        return found
+
+
+def configured(env: Mapping[str, str]) -> list[str]:
+    """The vendors with any credential set in `env`."""
+    return [name for name, settings in SETTINGS.items() if settings.configured(env)]
+
+
+def build(workspace: Workspace, env: Mapping[str, str], store: Store | None) -> Vendors:
+    """Build an adapter for each configured vendor.
+
+    A vendor whose settings are incomplete or wrong is left out and named in
+    `problems`; the others are built.
+    """
+    vendors = Vendors()
+    for name in configured(env):
+        missing = SETTINGS[name].missing(env)
+        if missing:
+            vendors.problems[name] = "missing " + ", ".join(missing)
+            continue
+        try:
+            _BUILDERS[name](vendors, workspace, env, store)
+        except ReferloopError as exc:
+            vendors.problems[name] = str(exc)
+    for name, problem in vendors.problems.items():
+        logger.warning("Vendor %s is not used: %s.", name, problem)
+    return vendors
+
+
+def checks(workspace: Workspace, env: Mapping[str, str]) -> list[Check]:
+    """What `referloop doctor` reports: each vendor's settings, then its calls."""
+    found: list[Check] = []
+    for name, settings in SETTINGS.items():
+        if not settings.configured(env):
+            found.append(Check(name, "settings", True, "not configured"))
+            continue
+        missing = settings.missing(env)
+        if missing:
+            found.append(
+                Check(name, "settings", False, "missing " + ", ".join(missing))
+            )
+            continue
+        found.append(Check(name, "settings", True, "complete"))
+        built = Vendors()
+        try:
+            _BUILDERS[name](built, workspace, env, None)
+            for adapter in _unique(built.adapters().values()):
+                found += adapter.check()
+        except ReferloopError as exc:
+            found.append(Check(name, "settings", False, str(exc)))
+        finally:
+            built.close()
+    return found
+
+
+def _unique(adapters: Any) -> list[Any]:
+    seen: list[Any] = []
+    for adapter in adapters:
+        if all(adapter is not other for other in seen):
+            seen.append(adapter)
+    return seen
+
+
+def _budgets(name: str, cap: Cap) -> dict[str, Cap]:
+    return {MAIN_BUDGETS[name]: cap}
+
+
+def _customerio(
+    vendors: Vendors, workspace: Workspace, env: Mapping[str, str], store: Store | None
+) -> None:
+    settings = workspace.vendors.customerio
+    sender = CustomerIOChannel(
+        settings.region,
+        env.get("CUSTOMERIO_APP_URL") or None,
+        env.get("CUSTOMERIO_TRACK_URL") or None,
+        app_api_key=env.get("CUSTOMERIO_APP_API_KEY") or None,
+        site_id=env.get("CUSTOMERIO_SITE_ID") or None,
+        track_api_key=env.get("CUSTOMERIO_TRACK_API_KEY") or None,
+        store=store,
+        budgets=_budgets("customerio", settings.budget),
+    )
+    vendors.senders[sender.name] = sender
+    vendors._closers.append(sender.close)
+
+
+def _braze(
+    vendors: Vendors, workspace: Workspace, env: Mapping[str, str], store: Store | None
+) -> None:
+    settings = workspace.vendors.braze
+    sender = BrazeSender(
+        env["BRAZE_API_KEY"],
+        env.get("BRAZE_REST_URL") or settings.rest_url,
+        store=store,
+        budgets=_budgets("braze", settings.budget),
+    )
+    vendors.senders[sender.name] = sender
+    vendors._closers.append(sender.close)
+
+
+def _intercom(
+    vendors: Vendors, workspace: Workspace, env: Mapping[str, str], store: Store | None
+) -> None:
+    settings = workspace.vendors.intercom
+    sender = IntercomSender(
+        env["INTERCOM_ACCESS_TOKEN"],
+        region=settings.region,
+        base_url=env.get("INTERCOM_URL") or None,
+        store=store,
+        budgets=_budgets("intercom", settings.budget),
+    )
+    vendors.senders[sender.name] = sender
+    vendors._closers.append(sender.close)
+
+
+def _mixpanel(
+    vendors: Vendors, workspace: Workspace, env: Mapping[str, str], store: Store | None
+) -> None:
+    settings = workspace.vendors.mixpanel
+    project = env.get("MIXPANEL_PROJECT_ID") or settings.project_id
+    if project is None:
+        raise ConfigurationError(
+            "Mixpanel needs a project: set `vendors.mixpanel.project_id` in the "
+            "workspace file or MIXPANEL_PROJECT_ID"
+        )
+    if not str(project).isdigit():
+        raise ConfigurationError("MIXPANEL_PROJECT_ID must be a number")
+    extra: dict[str, Any] = {}
+    if env.get("MIXPANEL_ACCOUNT_PROPERTY"):
+        extra["account_property"] = env["MIXPANEL_ACCOUNT_PROPERTY"]
+    adapter = MixpanelAdapter(
+        env["MIXPANEL_SERVICE_ACCOUNT"],
+        env["MIXPANEL_SERVICE_SECRET"],
+        int(project),
+        residency=settings.residency,
+        query_url=env.get("MIXPANEL_QUERY_URL") or None,
+        ingestion_url=env.get("MIXPANEL_INGESTION_URL") or None,
+        store=store,
+        budgets=_budgets("mixpanel", settings.budget),
+        **extra,
+    )
+    vendors.sources[adapter.name] = adapter
+    vendors.sink = adapter
+    vendors._closers.append(adapter.close)
+
+
+def _webhook(
+    vendors: Vendors, workspace: Workspace, env: Mapping[str, str], store: Store | None
+) -> None:
+    url, keys = env["WEBHOOK_BASE_URL"], env["WEBHOOK_SECRETS"]
+    health = env.get("WEBHOOK_HEALTH_PATH") or webhook.DEFAULT_HEALTH_PATH
+    channel = WebhookChannel(
+        url,
+        keys,
+        nudges_path=env.get("WEBHOOK_NUDGES_PATH") or webhook.DEFAULT_NUDGES_PATH,
+        health_path=health,
+        store=store,
+    )
+    rewards = WebhookRewards(
+        url,
+        keys,
+        grants_path=env.get("WEBHOOK_GRANTS_PATH") or webhook.DEFAULT_GRANTS_PATH,
+        health_path=health,
+        store=store,
+    )
+    vendors.senders[channel.name] = channel
+    vendors.rewards = rewards
+    vendors._closers += [channel.close, rewards.close]
+
+
+_BUILDERS: dict[
+    str, Callable[[Vendors, Workspace, Mapping[str, str], Store | None], None]
+] = {
+    "customerio": _customerio,
+    "braze": _braze,
+    "intercom": _intercom,
+    "mixpanel": _mixpanel,
+    "webhook": _webhook,
+}
