@@ -227,12 +227,17 @@ def plan(source: Path, folder: Path, configured: bool) -> None:
     """
     catalog = _load_for_running(folder)
     if configured:
+        from integrations import vendors
         from orchestrator import process
 
-        cohorts = process.sources(Settings.from_env())
+        built = vendors.build(catalog.workspace, os.environ, None)
+        cohorts = process.sources(Settings.from_env(), built)
         if not cohorts:
             _usage("no cohort source is configured (see docs/operations.md)")
-        report = _run_locally(catalog, None, cohorts, None)
+        try:
+            report = _run_locally(catalog, None, cohorts, None)
+        finally:
+            built.close()
     else:
         triggers = FileSource(source)
         report = _run_locally(catalog, triggers, {"*": triggers}, None)

@@ -7,11 +7,13 @@ no longer loads cleanly keeps the last good one running and says what is wrong.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 
+from integrations import registry, vendors
 from integrations.base import CohortSource, Sender
 from integrations.filesource import FileSource
 from integrations.outbox import OutboxChannel
@@ -19,6 +21,7 @@ from orchestrator import actors
 from orchestrator.broker import build_broker
 from orchestrator.clock import Clock, every
 from orchestrator.engine import Engine
+from orchestrator.journal import Journal
 from orchestrator.loader import Catalog, load
 from orchestrator.settings import Settings
 from orchestrator.state import Store
@@ -30,46 +33,72 @@ logger = logging.getLogger(__name__)
 RELOAD_EVERY_S = 10.0
 
 
-def run_worker_process(settings: Settings, *, threads: int | None = None) -> int:
-    """Build everything a worker needs from `settings` and run it."""
+def run_worker_process(
+    settings: Settings,
+    *,
+    threads: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Build everything a worker needs from `settings` and run it.
+
+    Vendors come from the workspace file and the environment (`env`, by default
+    the process's own); a vendor configured wrongly is left out and said so.
+    """
     store = Store.from_settings(settings)
     broker = build_broker(settings)
     declared = actors.declare(broker)
     catalog = load_catalog(settings.playbooks, None)
+    built = vendors.build(catalog.workspace, os.environ if env is None else env, store)
     engine = Engine(
         store,
         catalog,
         InviteSigner.from_env(),
-        senders(settings),
+        senders(settings, built),
         declared.schedule,
-        sources=sources(settings),
+        sources=sources(settings, built),
+        journal=Journal(store) if built.sink is not None else None,
+        sink=built.sink,
     )
     actors.install(engine)
+    logger.info(
+        "Sending through %s; reading cohorts from %s.",
+        ", ".join(sorted(engine.channels)) or "nothing",
+        ", ".join(sorted(engine.sources)) or "nothing",
+    )
     watcher = watch(engine, settings.playbooks)
     try:
         return run_worker(broker, threads=threads or settings.worker_threads)
     finally:
         watcher.set()
+        built.close()
 
 
-def senders(settings: Settings) -> dict[str, Sender]:
-    """The channels this process can send through.
+def senders(
+    settings: Settings, built: vendors.Vendors | None = None
+) -> dict[str, Sender]:
+    """The channels this process can send through: the configured vendors'.
 
-    With `REFERLOOP_OUTBOX` set, the outbox stands in for every vendor (a staging
-    run with no vendor account); the vendor adapters' senders come with them.
+    With `REFERLOOP_OUTBOX` set, the outbox stands in for every channel instead (a
+    staging run with no vendor account).
     """
-    if settings.outbox is None:
-        return {}
-    names = ("outbox", "customerio", "braze", "intercom")
-    return {name: OutboxChannel(settings.outbox, stands_in_for=name) for name in names}
+    if settings.outbox is not None:
+        names = registry.channel_names()
+        return {
+            name: OutboxChannel(settings.outbox, stands_in_for=name) for name in names
+        }
+    return dict(built.senders) if built is not None else {}
 
 
-def sources(settings: Settings) -> dict[str, CohortSource]:
-    """The cohort sources of this process: with `REFERLOOP_SOURCE_FILE`, a file
-    stands in for every vendor (the vendor adapters' sources come with them)."""
-    if settings.source_file is None:
-        return {}
-    return {"*": FileSource(settings.source_file)}
+def sources(
+    settings: Settings, built: vendors.Vendors | None = None
+) -> dict[str, CohortSource]:
+    """The cohort sources of this process, by vendor: the configured vendors'.
+
+    With `REFERLOOP_SOURCE_FILE` set, that file stands in for every vendor instead.
+    """
+    if settings.source_file is not None:
+        return {"*": FileSource(settings.source_file)}
+    return dict(built.sources) if built is not None else {}
 
 
 def run_clock_process(settings: Settings) -> int:
