@@ -31,6 +31,8 @@ from orchestrator.units import Cap
 
 logger = logging.getLogger(__name__)
 
+NOT_CONFIGURED = "not configured"
+
 
 @dataclass(frozen=True)
 class VendorSettings:
@@ -170,7 +172,7 @@ def checks(workspace: Workspace, env: Mapping[str, str]) -> list[Check]:
     found: list[Check] = []
     for name, settings in SETTINGS.items():
         if not settings.configured(env):
-            found.append(Check(name, "settings", True, "not configured"))
+            found.append(Check(name, "settings", True, NOT_CONFIGURED))
             continue
         missing = settings.missing(env)
         if missing:

@@ -6,6 +6,7 @@ failed), 2 when the command was called wrongly or a setting is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from integrations.base import CohortSource, EventSource
+from integrations.base import Check, CohortSource, EventSource
 from integrations.filesource import FileSource
 from orchestrator import local, logs
 from orchestrator import preview as previews
@@ -284,6 +285,43 @@ def ledger(
 
 
 @cli.command()
+@click.option(
+    "--playbooks",
+    "folder",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    envvar="REFERLOOP_PLAYBOOKS",
+    default=DEFAULT_PLAYBOOKS,
+    show_default=True,
+    help="The folder whose workspace file holds the vendors' settings.",
+)
+@click.option("--vendor", "only", multiple=True, help="Check only this vendor.")
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text")
+def doctor(folder: Path, only: tuple[str, ...], output: str) -> None:
+    """Check each vendor: are its settings complete, do its credentials work?
+
+    Credentials are tried with one read-only call each; nothing is sent. Secrets
+    are never printed. Exits 1 when a configured vendor fails a check.
+    """
+    from integrations import vendors
+
+    catalog = load([folder])
+    unknown = sorted(set(only) - set(vendors.SETTINGS))
+    if unknown:
+        _usage(f"no vendor called {', '.join(unknown)}: {', '.join(vendors.SETTINGS)}")
+    found = [
+        check
+        for check in vendors.checks(catalog.workspace, os.environ)
+        if not only or check.vendor in only
+    ]
+    if output == "json":
+        click.echo(json.dumps([dataclasses.asdict(check) for check in found], indent=2))
+    else:
+        console.print(_doctor_table(found))
+    if not all(check.ok for check in found):
+        sys.exit(EXIT_PROBLEMS)
+
+
+@cli.command()
 @click.option("--threads", type=click.IntRange(1, 64), help="Worker threads.")
 def worker(threads: int | None) -> None:
     """Run a worker: decide and deliver, until SIGTERM (then finish within 25 s)."""
@@ -438,6 +476,23 @@ def _playbook_outcomes(report: local.Report) -> Table:
             reasons or "-",
             str(tally.get("dead", 0)),
         )
+    return table
+
+
+def _doctor_table(checks: Sequence[Check]) -> Table:
+    from integrations import vendors
+
+    table = Table(title="Vendors", title_justify="left")
+    for column in ("vendor", "check", "", "detail"):
+        table.add_column(column)
+    for check in checks:
+        if not check.ok:
+            mark = Text("FAIL", style="bold red")
+        elif check.detail == vendors.NOT_CONFIGURED:
+            mark = Text("-", style="dim")
+        else:
+            mark = Text("ok", style="green")
+        table.add_row(check.vendor, check.what, mark, check.detail)
     return table
 
 
