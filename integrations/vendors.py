@@ -22,7 +22,7 @@ from integrations.base import Check, CohortSource, EventSink, RewardTarget, Send
 from integrations.braze import BrazeSender
 from integrations.customerio import CustomerIOChannel
 from integrations.intercom import IntercomSender
-from integrations.mixpanel import MixpanelAdapter
+from integrations.mixpanel import DEFAULT_OUTPUT_PROPERTIES, MixpanelAdapter
 from integrations.webhook import WebhookChannel, WebhookRewards
 from orchestrator.errors import ConfigurationError, ReferloopError
 from orchestrator.model import Workspace
@@ -101,6 +101,9 @@ SETTINGS: dict[str, VendorSettings] = {
         optional=("WEBHOOK_GRANTS_PATH", "WEBHOOK_NUDGES_PATH", "WEBHOOK_HEALTH_PATH"),
     ),
 }
+
+# User fields Mixpanel keeps under a reserved `$` name, asked for by that name.
+_RESERVED = {"email", "first_name", "last_name", "name", "time_zone"}
 
 # The budget each workspace `vendors.<name>.budget` sets.
 MAIN_BUDGETS = {
@@ -264,7 +267,7 @@ def _mixpanel(
         )
     if not str(project).isdigit():
         raise ConfigurationError("MIXPANEL_PROJECT_ID must be a number")
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"output_properties": _profile_properties(workspace)}
     if env.get("MIXPANEL_ACCOUNT_PROPERTY"):
         extra["account_property"] = env["MIXPANEL_ACCOUNT_PROPERTY"]
     adapter = MixpanelAdapter(
@@ -281,6 +284,14 @@ def _mixpanel(
     vendors.sources[adapter.name] = adapter
     vendors.sink = adapter
     vendors._closers.append(adapter.close)
+
+
+def _profile_properties(workspace: Workspace) -> tuple[str, ...]:
+    """The profile properties to ask Engage for: the reserved ones referloop reads
+    and every user field the workspace declares (templates and gates may read
+    only those), so that pages stay small."""
+    declared = [name for name in workspace.fields.user if name not in _RESERVED]
+    return (*DEFAULT_OUTPUT_PROPERTIES, *declared)
 
 
 def _webhook(

@@ -29,6 +29,7 @@ from pydantic import (
 from integrations.braze import BrazeReference
 from integrations.customerio import CustomerIOReference
 from integrations.intercom import IntercomReference
+from integrations.webhook import WebhookReference
 from orchestrator.units import (
     CAP_JSON_SCHEMA,
     Cap,
@@ -303,8 +304,10 @@ ChannelName = Annotated[
     str,
     Field(
         pattern=CHANNEL_PATTERN,
-        description="`customerio`, `braze`, `intercom`, `outbox` or an installed one.",
-        examples=["customerio", "braze", "intercom", "outbox"],
+        description=(
+            "`customerio`, `braze`, `intercom`, `webhook`, `outbox` or an installed one."
+        ),
+        examples=["customerio", "braze", "intercom", "webhook", "outbox"],
     ),
 ]
 
@@ -320,6 +323,7 @@ class Nudge(_Strict):
     customerio: CustomerIOReference | None = None
     braze: BrazeReference | None = None
     intercom: IntercomReference | None = None
+    webhook: WebhookReference | None = None
     invite: Invite
     trust: str = Field(
         description="What the invitee will be able to see (Liquid), shown by the link."
