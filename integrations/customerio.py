@@ -542,7 +542,8 @@ class CustomerIOChannel:
         what = "Track API credentials"
         setting = f"{SITE_ID_VARIABLE} and {TRACK_KEY_VARIABLE}"
         if self._track is None:
-            return Check(self.name, what, ok=False, detail=f"not set: set {setting}")
+            detail = f"not set: Track events cannot be sent; set {setting} for them"
+            return Check(self.name, what, ok=self._app is not None, detail=detail)
 
         try:
             response = self._call(_read("track", "/api/v1/accounts/region"))
@@ -561,9 +562,11 @@ class CustomerIOChannel:
     def _check_app(self) -> Check:
         what = "App API key"
         if self._app is None:
-            return Check(
-                self.name, what, ok=False, detail=f"not set: set {APP_KEY_VARIABLE}"
+            detail = (
+                "not set: transactional sends and broadcasts cannot be sent; set "
+                f"{APP_KEY_VARIABLE} for them"
             )
+            return Check(self.name, what, ok=self._track is not None, detail=detail)
 
         try:
             response = self._call(_read("app", "/v1/transactional"))

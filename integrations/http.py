@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import tenacity
 
-from orchestrator.budgets import Budget
+from orchestrator.budgets import BREAKER_PAUSE_MS, Budget
 from orchestrator.errors import (
     AmbiguousError,
     PermanentError,
@@ -162,16 +162,21 @@ class VendorHttp:
                 self._once, method, path, call, budget or self.budget, options
             )
         except _NotSent as exc:
+            self._failed(budget or self.budget)
             raise TransientError(
                 self.vendor, f"{where}: could not reach the vendor ({exc})"
             ) from None
         except _Retryable as exc:
             raise exc.error from None
         except _Unanswered as exc:
+            self._failed(budget or self.budget)
             message = f"{where}: no answer ({exc})"
             if call.safe_to_repeat:
                 raise TransientError(self.vendor, message) from None
             raise AmbiguousError(self.vendor, message) from None
+
+    def _failed(self, budget: Budget | None) -> None:
+        note_failure(self.vendor, budget)
 
     def _once(
         self,
@@ -230,13 +235,26 @@ class VendorHttp:
         if status == 429 and budget is not None and wait_s:
             budget.hold_off(int(wait_s * 1000))
         error = error_for_status(self.vendor, where, status, wait_s)
-        if isinstance(error, TransientError) and status != 429 and call.safe_to_repeat:
-            raise _Retryable(error)
+        if isinstance(error, TransientError) and status != 429:
+            note_failure(self.vendor, budget)
+            if call.safe_to_repeat:
+                raise _Retryable(error)
         raise error
 
     def retry_after(self, headers: Mapping[str, str]) -> float | None:
         """The wait an answer asks for, in seconds, if it says."""
         return retry_after_of(headers, self._reset_after)
+
+
+def note_failure(vendor: str, budget: Budget | None) -> None:
+    """Count a 5xx, a timeout or a refused connection against the vendor's breaker;
+    when it trips, every worker pauses that vendor for a while (see `budgets`)."""
+    if budget is not None and budget.failed():
+        logger.warning(
+            "%s keeps failing; every worker pauses its requests for %d s.",
+            vendor,
+            BREAKER_PAUSE_MS // 1000,
+        )
 
 
 def retry_after_of(

@@ -61,6 +61,7 @@ from integrations.http import (
     default_timeout,
     error_for_status,
     error_for_transport,
+    note_failure,
     reset_epoch_after,
     retry_after_of,
 )
@@ -496,6 +497,7 @@ class IntercomSender(IntercomChannel):
         except ApiError as exc:
             raise self._refusal(where, exc, safe_to_repeat) from None
         except httpx.HTTPError as exc:
+            note_failure(self.name, self._budget)
             raise _failure(self.name, where, exc, safe_to_repeat) from None
         except ValueError:
             # A body the SDK could not even decode (not UTF-8): status unknown.
@@ -527,8 +529,10 @@ class IntercomSender(IntercomChannel):
         if status == 429 and self._budget is not None and wait_s:
             self._budget.hold_off(int(wait_s * 1000))
         error = error_for_status(self.name, where, status, wait_s)
-        if isinstance(error, TransientError) and status != 429 and safe_to_repeat:
-            return _Again(error)
+        if isinstance(error, TransientError) and status != 429:
+            note_failure(self.name, self._budget)
+            if safe_to_repeat:
+                return _Again(error)
         return error
 
 

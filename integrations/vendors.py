@@ -3,8 +3,8 @@
 Settings that are not secrets (regions, the Braze instance, the Mixpanel project,
 budgets) live in the workspace file, where a pull request reviews them; credentials
 come from the environment, never from a file. A vendor is configured when any of
-its credentials is set; a vendor half configured is reported by `referloop doctor`
-and refused by the worker with the names of the settings that are missing.
+its credentials is set; a vendor half configured is reported by `referloop doctor`,
+and a worker leaves it out with a warning that names the settings missing.
 
 `*_URL` variables replace a vendor's base URL, for a staging vendor or the
 simulator; production leaves them unset.

@@ -27,6 +27,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from orchestrator.engine import CHUNK_MAX, Engine, Retry
+from orchestrator.errors import TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ BATCH = CHUNK_MAX
 # not retried: the next minute's export takes the same events.
 EXPORT_EVERY_MS = 60_000
 EXPORT_TIME_LIMIT_MS = 60_000
+# An export drains batch after batch for this long, then leaves the rest to the
+# next minute's.
+EXPORT_RUN_MS = 45_000
 
 _engine: Engine | None = None
 
@@ -94,7 +98,14 @@ def declare(broker: dramatiq.Broker) -> Actors:
         _current().decide_many(_listed(occurrence_ids))
 
     def poll(cohort: str, slot: str) -> None:
-        _current().poll(cohort, slot, declared.decide_all)
+        try:
+            _current().poll(cohort, slot, declared.decide_all)
+        except TransientError as exc:
+            # The source asked for time (its budget, a 429): a planned retry,
+            # after the wait it gave, not an error.
+            delay_ms = int((exc.retry_after_s or 0) * 1000) or None
+            logger.info("Poll of %s waits: %s.", cohort, exc)
+            raise dramatiq.Retry(str(exc), delay=delay_ms) from None
 
     def deliver(keys: list[str] | str) -> None:
         listed = _listed(keys)
@@ -150,7 +161,11 @@ def declare(broker: dramatiq.Broker) -> Actors:
             logger.warning("Delivery %s is dead after %s retries.", key, retries)
 
     def export_events(slot: str) -> None:
-        _current().export_journal()
+        try:
+            _current().export_journal(EXPORT_RUN_MS)
+        except TransientError as exc:
+            # The events stay in the journal; the next minute's export takes them.
+            logger.warning("Loop events wait for the next export: %s.", exc)
 
     dead = dramatiq.actor(
         broker=broker, actor_name="dead_letter", queue_name=DELIVERIES_QUEUE

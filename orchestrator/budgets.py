@@ -64,6 +64,30 @@ end
 return 0
 """
 
+# A breaker on the budget: KEYS[1] is the TAT, KEYS[2] counts recent failures.
+# ARGV: the failure window (ms), the failures that trip it, the pause (ms) and the
+# tolerance (us). Returns 1 when this failure tripped it: the TAT is pushed past
+# the pause and the count starts again.
+_FAILED = """
+local failures = redis.call('INCR', KEYS[2])
+if failures == 1 then
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))
+end
+if failures < tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local until_tat = now + tonumber(ARGV[3]) * 1000 + tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if until_tat > tat then
+  local ttl_ms = math.ceil((until_tat - now) / 1000) + 1
+  redis.call('SET', KEYS[1], string.format('%.0f', until_tat), 'PX', ttl_ms)
+end
+return 1
+"""
+
 # A counting semaphore: KEYS[1] is a sorted set of holders scored by the end of
 # their lease (ms, server clock). ARGV: holder, slots, lease ms.
 _TAKE_SLOT = """
@@ -91,6 +115,14 @@ class Grant:
     wait_ms: int
 
 
+# A vendor failing this often (5xx, timeouts, no connection) is taken to be down:
+# every worker pauses its requests for BREAKER_PAUSE_MS, then tries again. The
+# waits that follow are not failed attempts, so an outage uses up no retries.
+BREAKER_FAILURES = 5
+BREAKER_WINDOW_MS = 10_000
+BREAKER_PAUSE_MS = 10_000
+
+
 class Budget:
     """A vendor's request budget, shared by every worker (GCRA in Redis).
 
@@ -110,8 +142,10 @@ class Budget:
         self._key = store.key("budget", name)
         self._interval_us = -(-window_us // (cap.count - burst + 1))
         self._tolerance_us = (burst - 1) * self._interval_us
+        self._failures_key = store.key("budget", name, "failures")
         self._reserve = store.redis.register_script(_RESERVE)
         self._hold_off = store.redis.register_script(_HOLD_OFF)
+        self._failed = store.redis.register_script(_FAILED)
 
     def acquire(self, now_ms: int | None = None) -> int:
         """Take one request now and return 0, or return the ms to wait first.
@@ -145,6 +179,20 @@ class Budget:
     def hold_off(self, wait_ms: int) -> None:
         """Open no slot for `wait_ms` from now (server clock), for every worker."""
         self._hold_off(keys=[self._key], args=[max(0, wait_ms), self._tolerance_us])
+
+    def failed(
+        self,
+        *,
+        trips_at: int = BREAKER_FAILURES,
+        window_ms: int = BREAKER_WINDOW_MS,
+        pause_ms: int = BREAKER_PAUSE_MS,
+    ) -> bool:
+        """Count a failure that says the vendor may be down; True when it tripped
+        the breaker: `trips_at` failures within `window_ms`, across all workers,
+        open no slot for `pause_ms`."""
+        args = [window_ms, trips_at, pause_ms, self._tolerance_us]
+        keys = [self._key, self._failures_key]
+        return bool(self._failed(keys=keys, args=args))
 
 
 class Slots:

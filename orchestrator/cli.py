@@ -231,8 +231,11 @@ def plan(source: Path, folder: Path, configured: bool) -> None:
         from integrations import vendors
         from orchestrator import process
 
-        built = vendors.build(catalog.workspace, os.environ, None)
-        cohorts = process.sources(Settings.from_env(), built)
+        settings = Settings.from_env()
+        # With Redis, a plan's queries draw on the budgets the workers share.
+        shared = None if settings.is_embedded else Store.from_settings(settings)
+        built = vendors.build(catalog.workspace, os.environ, shared)
+        cohorts = process.sources(settings, built)
         if not cohorts:
             _usage("no cohort source is configured (see docs/operations.md)")
         try:

@@ -39,6 +39,7 @@ from integrations.base import (
 from orchestrator import guardrails, occurrences, render
 from orchestrator.errors import (
     AmbiguousError,
+    ConfigurationError,
     PermanentError,
     TemplateError,
     TransientError,
@@ -635,7 +636,9 @@ class Engine:
                 now=self.clock(),
             )
             sent = sender.send(made.nudge)
-        except TemplateError as exc:
+        except (TemplateError, ConfigurationError) as exc:
+            # Nothing was sent: the nudge could not be made, or this channel is
+            # not set up for this kind of send. The next channel may do better.
             failures.append(f"{name}: {exc}")
             return None
         except PermanentError as exc:
@@ -691,15 +694,30 @@ class Engine:
         logger.warning("Delivery %s may or may not have gone out; held.", key)
         return Outcome.AMBIGUOUS
 
-    def export_journal(self) -> Exported | None:
+    def export_journal(self, for_ms: int = 0) -> Exported | None:
         """Send the oldest loop events to the analytics sink; None without one.
+
+        One batch, or batch after batch until the journal is empty or `for_ms`
+        have passed. Returns what the whole run did.
 
         Raises:
             TransientError: the sink could not take them now; they stay.
         """
         if self.journal is None or self.sink is None:
             return None
+        began = time.monotonic()
         exported = self.journal.export(self.ledger, self.sink)
+        while exported.left and exported.taken + exported.refused:
+            if _elapsed_ms(began) >= for_ms:
+                break
+            more = self.journal.export(self.ledger, self.sink)
+            exported = Exported(
+                taken=exported.taken + more.taken,
+                refused=exported.refused + more.refused,
+                left=more.left,
+            )
+            if not more.taken + more.refused:
+                break
         if exported.taken or exported.refused:
             logger.info(
                 "Exported %d loop events to %s (%d refused, %d left).",

@@ -75,7 +75,7 @@ class Journal:
         return cast(int, self.store.redis.llen(self._key))
 
     def export(
-        self, ledger: Ledger, sink: EventSink, batch: int = EXPORT_BATCH
+        self, ledger: Ledger, sink: EventSink, batch: int | None = None
     ) -> Exported:
         """Send the oldest `batch` notes to `sink` as events; drop them once taken.
 
@@ -88,7 +88,7 @@ class Journal:
         if not self.store.redis.set(self._lock, token, nx=True, px=EXPORT_LOCK_MS):
             return Exported(left=len(self))
         try:
-            return self._export(ledger, sink, batch)
+            return self._export(ledger, sink, batch or EXPORT_BATCH)
         finally:
             if self.store.redis.get(self._lock) == token:
                 self.store.redis.delete(self._lock)

@@ -305,7 +305,8 @@ ChannelName = Annotated[
     Field(
         pattern=CHANNEL_PATTERN,
         description=(
-            "`customerio`, `braze`, `intercom`, `webhook`, `outbox` or an installed one."
+            "`customerio`, `braze`, `intercom`, `webhook`, `outbox`, or an "
+            "installed one."
         ),
         examples=["customerio", "braze", "intercom", "webhook", "outbox"],
     ),

@@ -118,6 +118,25 @@ def test_a_5xx_to_a_safe_call_is_retried_at_once(
     assert len(sim.received("echo")) == 3
 
 
+def test_a_vendor_that_keeps_failing_is_paused_for_every_worker(
+    http: VendorHttp, sim: Simulator, store: Store
+) -> None:
+    """Five 503s in a row trip the breaker: the sixth request does not reach the
+    vendor; it is told to wait, which uses up no retry."""
+    budget = Budget(store, "echo-down", Cap(1000, timedelta(seconds=1)))
+    sim.fault("echo", Fault.answer(503))
+    for _ in range(5):
+        with pytest.raises(TransientError) as failed:
+            http.request("POST", "/things", json={}, budget=budget)
+        assert failed.value.retry_after_s is None
+
+    with pytest.raises(TransientError, match="budget") as paused:
+        http.request("POST", "/things", json={}, budget=budget)
+
+    assert len(sim.received("echo")) == 5
+    assert 9 <= (paused.value.retry_after_s or 0) <= 10
+
+
 @pytest.mark.parametrize("status", [400, 404, 409, 422])
 def test_other_4xx_are_permanent_with_their_status(
     http: VendorHttp, sim: Simulator, status: int

@@ -272,3 +272,32 @@ def test_no_slot_within_the_wait_says_so(store: Store) -> None:
     slots.give_back(str(holder))
     with slots.held(max_wait_s=0.1) as got:
         assert got
+
+
+def test_a_vendor_failing_again_and_again_pauses_every_worker(store: Store) -> None:
+    """Five failures within the window, counted across workers, trip the breaker:
+    no slot opens for the pause; fewer failures change nothing."""
+    first = Budget(store, "braze", FIVE_PER_SECOND)
+    second = Budget(store, "braze", FIVE_PER_SECOND)
+
+    tripped = [
+        budget.failed(trips_at=5, pause_ms=3_000)
+        for budget in (first, second, first, second, first)
+    ]
+    grant = second.reserve(0)
+
+    assert tripped == [False, False, False, False, True]
+    assert not grant.granted
+    assert 2_900 < grant.wait_ms <= 3_000
+
+
+def test_failures_spread_wider_than_the_window_never_trip(store: Store) -> None:
+    budget = Budget(store, "intercom", FIVE_PER_SECOND)
+
+    for _ in range(4):
+        assert not budget.failed(trips_at=5, window_ms=50)
+    time.sleep(0.1)
+    tripped = budget.failed(trips_at=5, window_ms=50)
+
+    assert not tripped
+    assert budget.reserve(0).granted

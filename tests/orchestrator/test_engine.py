@@ -15,7 +15,12 @@ from integrations.base import Member, RenderedNudge
 from orchestrator import actors
 from orchestrator.broker import build_broker
 from orchestrator.engine import Retry
-from orchestrator.errors import AmbiguousError, PermanentError, TransientError
+from orchestrator.errors import (
+    AmbiguousError,
+    ConfigurationError,
+    PermanentError,
+    TransientError,
+)
 from orchestrator.ledger import Outcome
 from orchestrator.loader import load
 from orchestrator.settings import Settings
@@ -495,3 +500,22 @@ def test_a_template_that_fails_for_one_user_fails_only_that_delivery(store, tmp_
     assert (outcomes[fine], outcomes[broken]) == (Outcome.SENT, Outcome.DEAD)
     assert "Liquid" in entry.reason
     assert "u-2" not in entry.reason
+
+
+def test_a_channel_not_set_up_for_the_send_falls_back_to_the_next(store, tmp_path):
+    """Intercom says it is not configured for this send (nothing went out): the
+    delivery goes through Braze, the fallback, and is sent once."""
+    rig = make_rig(store, tmp_path)
+
+    def unconfigured(nudge: RenderedNudge) -> None:
+        raise ConfigurationError("intercom needs INTERCOM_ACCESS_TOKEN")
+
+    rig.intercom.answer = unconfigured
+    key = rig.engine.decide(rig.event("u-1"))[0]
+    outcome = rig.engine.deliver(key)
+    entry = rig.engine.ledger.get(key)
+
+    assert outcome == Outcome.SENT
+    assert rig.braze.sent == [key]
+    assert entry is not None
+    assert entry.fields["channel"] == "braze"

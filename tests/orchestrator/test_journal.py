@@ -139,3 +139,16 @@ def test_without_a_sink_nothing_is_noted_or_exported(store, tmp_path):
 
     assert rig.engine.export_journal() is None
     assert len(Journal(store)) == 0
+
+
+def test_an_export_run_drains_batch_after_batch(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(journals, "EXPORT_BATCH", 2)
+    rig = _rig(store, tmp_path)
+    for n in range(5):
+        rig.engine.decide(rig.event(f"u-{n}", activated_at=None))
+
+    exported = rig.engine.export_journal(for_ms=10_000)
+
+    assert exported is not None
+    assert (exported.taken, exported.left) == (5, 0)
+    assert len(rig.engine.sink.events) == 5
