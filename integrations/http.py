@@ -231,7 +231,10 @@ class VendorHttp:
         if 200 <= status < 300:
             return response
         where = f"{method} {_without_query(path)}"
-        wait_s = self.retry_after(response.headers)
+        # Vendors put their reset header on every answer; only a 429 asks us to
+        # wait for it. Any status may carry a Retry-After.
+        reader = self._reset_after if status == 429 else None
+        wait_s = retry_after_of(response.headers, reader)
         if status == 429 and budget is not None and wait_s:
             budget.hold_off(int(wait_s * 1000))
         error = error_for_status(self.vendor, where, status, wait_s)

@@ -15,7 +15,13 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from integrations.http import Call, VendorHttp, json_or_none, parse_retry_after
+from integrations.http import (
+    Call,
+    VendorHttp,
+    json_or_none,
+    parse_retry_after,
+    reset_epoch_after,
+)
 from orchestrator.budgets import Budget
 from orchestrator.errors import AmbiguousError, PermanentError, TransientError
 from orchestrator.logs import QUIET_LIBRARIES, configure
@@ -135,6 +141,29 @@ def test_a_vendor_that_keeps_failing_is_paused_for_every_worker(
 
     assert len(sim.received("echo")) == 5
     assert 9 <= (paused.value.retry_after_s or 0) <= 10
+
+
+def test_a_reset_header_on_a_5xx_asks_for_no_wait(sim: Simulator) -> None:
+    """Vendors send their reset time on every answer; it is a wait only on a 429,
+    so a 503 with an hour to the reset stays a failure to retry, not a wait."""
+    client = VendorHttp(
+        "echo",
+        sim.url("echo"),
+        headers={"Authorization": f"Bearer {SECRET}"},
+        reset_after=reset_epoch_after("X-RateLimit-Reset"),
+    )
+    in_an_hour = {"X-RateLimit-Reset": str(int(time.time()) + 3600)}
+    sim.reset()
+    sim.fault("echo", Fault.answer(503, headers=in_an_hour), times=1)
+    sim.fault("echo", Fault.answer(429, headers=in_an_hour), times=1)
+
+    with pytest.raises(TransientError) as failed:
+        client.request("POST", "/things", json={})
+    with pytest.raises(TransientError) as limited:
+        client.request("POST", "/things", json={})
+
+    assert failed.value.retry_after_s is None
+    assert 3590 <= (limited.value.retry_after_s or 0) <= 3600
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 422])
