@@ -21,9 +21,11 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,13 +51,26 @@ SHORT = httpx.Timeout(0.5, connect=0.5)
 HANG_S = 1.5
 
 
+# A package laid out as pip installs it, declaring an adapter through the entry
+# point group: the suite must find it and hold it to the same promises.
+INSTALLED = Path(__file__).parent / "installed"
+
+
 def _adapters() -> dict[str, type[Any]]:
-    """Every adapter class that sends, by channel name: built in or installed."""
+    """Every adapter class that sends, by channel name: built in or installed.
+
+    The example package is on the import path only while adapters are found,
+    so that the other test modules see the channels of this project alone.
+    """
     found: dict[str, type[Any]] = {}
-    for name in registry.channel_names():
-        adapter = registry.sender_class(name)
-        if adapter is not None:
-            found[name] = adapter
+    sys.path.insert(0, str(INSTALLED))
+    try:
+        for name in registry.channel_names():
+            adapter = registry.sender_class(name)
+            if adapter is not None:
+                found[name] = adapter
+    finally:
+        sys.path.remove(str(INSTALLED))
     return found
 
 
@@ -112,8 +127,10 @@ def _attempt(case: ConformanceCase) -> Sent | VendorError:
 
 
 def test_every_sending_channel_is_in_this_suite() -> None:
-    """Every channel but the local outbox sends to a vendor and offers cases."""
-    assert set(ADAPTERS) >= {"customerio", "braze", "intercom", "webhook"}
+    """Every channel but the local outbox sends to a vendor and offers cases, and
+    an adapter installed from another package is found through its entry point."""
+    assert set(ADAPTERS) >= {"customerio", "braze", "intercom", "webhook", "pager"}
+    assert ADAPTERS["pager"].__module__ == "referloop_pager"
 
 
 def test_a_send_the_vendor_takes_returns_sent(cases, sim, subtests) -> None:
