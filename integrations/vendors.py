@@ -204,8 +204,10 @@ def _unique(adapters: Any) -> list[Any]:
     return seen
 
 
-def _budgets(name: str, cap: Cap) -> dict[str, Cap]:
-    return {MAIN_BUDGETS[name]: cap}
+def _budgets(
+    name: str, cap: Cap, others: Mapping[str, Cap] | None = None
+) -> dict[str, Cap]:
+    return {MAIN_BUDGETS[name]: cap, **(others or {})}
 
 
 def _customerio(
@@ -220,7 +222,7 @@ def _customerio(
         site_id=env.get("CUSTOMERIO_SITE_ID") or None,
         track_api_key=env.get("CUSTOMERIO_TRACK_API_KEY") or None,
         store=store,
-        budgets=_budgets("customerio", settings.budget),
+        budgets=_budgets("customerio", settings.budget, settings.budgets),
     )
     vendors.senders[sender.name] = sender
     vendors._closers.append(sender.close)
@@ -234,7 +236,7 @@ def _braze(
         env["BRAZE_API_KEY"],
         env.get("BRAZE_REST_URL") or settings.rest_url,
         store=store,
-        budgets=_budgets("braze", settings.budget),
+        budgets=_budgets("braze", settings.budget, settings.budgets),
     )
     vendors.senders[sender.name] = sender
     vendors._closers.append(sender.close)
@@ -278,7 +280,7 @@ def _mixpanel(
         query_url=env.get("MIXPANEL_QUERY_URL") or None,
         ingestion_url=env.get("MIXPANEL_INGESTION_URL") or None,
         store=store,
-        budgets=_budgets("mixpanel", settings.budget),
+        budgets=_budgets("mixpanel", settings.budget, settings.budgets),
         **extra,
     )
     vendors.sources[adapter.name] = adapter

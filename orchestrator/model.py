@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -26,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from integrations import braze, customerio, mixpanel
 from integrations.braze import BrazeReference
 from integrations.customerio import CustomerIOReference
 from integrations.intercom import IntercomReference
@@ -565,9 +567,42 @@ class GlobalCaps(_Strict):
     per_account: CapList = Field(default_factory=list)
 
 
+def _known_budgets(
+    vendor: str, known: Mapping[str, Cap]
+) -> Callable[[dict[str, Cap]], dict[str, Cap]]:
+    def check(budgets: dict[str, Cap]) -> dict[str, Cap]:
+        unknown = sorted(set(budgets) - set(known))
+        if unknown:
+            raise ValueError(
+                f"{vendor} has no budget {', '.join(unknown)}; its budgets are "
+                + ", ".join(f"`{name}`" for name in known)
+            )
+        return budgets
+
+    return check
+
+
+def _budgets_field(vendor: str, known: Mapping[str, Cap]) -> Any:
+    listed = "; ".join(f"`{name}`: {cap}" for name, cap in known.items())
+    return Field(
+        default_factory=dict,
+        description=(
+            f"Each of {vendor}'s budgets, shared by every worker, by name. "
+            f"The defaults are the vendor's documented limits: {listed}."
+        ),
+    )
+
+
 class CustomerIOSettings(_Strict):
     region: Literal["us", "eu"] = "us"
-    budget: CapValue = Field(default_factory=lambda: parse_cap("3000 per 3s"))
+    budget: CapValue = Field(
+        default_factory=lambda: parse_cap("3000 per 3s"),
+        description="Transactional sends and Track API calls (`customerio:track`).",
+    )
+    budgets: Annotated[
+        dict[str, CapValue],
+        AfterValidator(_known_budgets("Customer.io", customerio.DEFAULT_BUDGETS)),
+    ] = _budgets_field("Customer.io", customerio.DEFAULT_BUDGETS)
 
 
 class BrazeSettings(_Strict):
@@ -576,18 +611,35 @@ class BrazeSettings(_Strict):
         pattern=r"^https://",
         description="Your Braze instance's REST endpoint.",
     )
-    budget: CapValue = Field(default_factory=lambda: parse_cap("250000 per 1h"))
+    budget: CapValue = Field(
+        default_factory=lambda: parse_cap("250000 per 1h"),
+        description="The messaging endpoints together (`braze:messaging`).",
+    )
+    budgets: Annotated[
+        dict[str, CapValue],
+        AfterValidator(_known_budgets("Braze", braze.DEFAULT_BUDGETS)),
+    ] = _budgets_field("Braze", braze.DEFAULT_BUDGETS)
 
 
 class IntercomSettings(_Strict):
     region: Literal["us", "eu", "au"] = "us"
-    budget: CapValue = Field(default_factory=lambda: parse_cap("10000 per 1m"))
+    budget: CapValue = Field(
+        default_factory=lambda: parse_cap("10000 per 1m"),
+        description="Every call to the app's API (`intercom:api`).",
+    )
 
 
 class MixpanelSettings(_Strict):
     residency: Literal["us", "eu", "in"] = "us"
     project_id: int | None = None
-    budget: CapValue = Field(default_factory=lambda: parse_cap("60 per 1h"))
+    budget: CapValue = Field(
+        default_factory=lambda: parse_cap("60 per 1h"),
+        description="Engage queries for cohort members (`mixpanel:query`).",
+    )
+    budgets: Annotated[
+        dict[str, CapValue],
+        AfterValidator(_known_budgets("Mixpanel", mixpanel.DEFAULT_BUDGETS)),
+    ] = _budgets_field("Mixpanel", mixpanel.DEFAULT_BUDGETS)
 
 
 class Vendors(_Strict):
