@@ -53,7 +53,7 @@ from integrations.http import (
     reset_epoch_after,
     retry_after_of,
 )
-from orchestrator.budgets import Budget
+from orchestrator.budgets import Budget, vendor_budgets
 from orchestrator.errors import (
     ConfigurationError,
     PermanentError,
@@ -298,7 +298,7 @@ class BrazeSender(BrazeChannel):
                 f"Braze needs a REST API key: set {API_KEY_SETTING}"
             )
         super().__init__(rest_url)
-        self._budgets = _shared_budgets(store, budgets)
+        self._budgets = vendor_budgets(store, "Braze", DEFAULT_BUDGETS, budgets)
         self.http = VendorHttp(
             self.name,
             self.rest_url,
@@ -518,20 +518,6 @@ class BrazeSender(BrazeChannel):
             )
             for kind, reference in references.items()
         ]
-
-
-def _shared_budgets(
-    store: Store | None, overrides: Mapping[str, Cap] | None
-) -> dict[str, Budget]:
-    caps = {**DEFAULT_BUDGETS, **(overrides or {})}
-    unknown = sorted(caps.keys() - DEFAULT_BUDGETS.keys())
-    if unknown:
-        known = ", ".join(sorted(DEFAULT_BUDGETS))
-        raise ConfigurationError(f"Braze has no budget {unknown}; it has {known}")
-
-    if store is None:
-        return {}
-    return {name: Budget(store, name, cap) for name, cap in caps.items()}
 
 
 def _chunks(indexes: list[int], size: int) -> Iterator[tuple[int, ...]]:

@@ -47,7 +47,7 @@ from integrations.base import (
     expect_reference,
 )
 from integrations.http import Call, VendorHttp, json_or_none
-from orchestrator.budgets import Budget
+from orchestrator.budgets import vendor_budgets
 from orchestrator.errors import (
     ConfigurationError,
     PermanentError,
@@ -272,7 +272,7 @@ class CustomerIOChannel:
         self.region = region
         self.app_url = (app_url or APP_URLS[region]).rstrip("/")
         self.track_url = (track_url or TRACK_URLS[region]).rstrip("/")
-        self._budgets = _budgets_in(store, budgets or {})
+        self._budgets = vendor_budgets(store, "Customer.io", DEFAULT_BUDGETS, budgets)
         self._app = _app_client(self.app_url, app_api_key)
         self._track = _track_client(self.track_url, site_id, track_api_key)
 
@@ -655,19 +655,6 @@ def ulid_from_key(key: str, timestamp_ms: int = 0) -> str:
 
 
 # --- helpers ------------------------------------------------------------------
-
-
-def _budgets_in(store: Store | None, caps: Mapping[str, Cap]) -> dict[str, Budget]:
-    unknown = sorted(set(caps) - set(DEFAULT_BUDGETS))
-    if unknown:
-        raise ConfigurationError(
-            f"customerio has no budget {', '.join(unknown)}; "
-            f"use {', '.join(sorted(DEFAULT_BUDGETS))}"
-        )
-    if store is None:
-        return {}
-    chosen = {**DEFAULT_BUDGETS, **caps}
-    return {name: Budget(store, name, cap) for name, cap in chosen.items()}
 
 
 def _app_client(base_url: str, key: str | None) -> VendorHttp | None:

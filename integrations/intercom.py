@@ -65,7 +65,7 @@ from integrations.http import (
     reset_epoch_after,
     retry_after_of,
 )
-from orchestrator.budgets import Budget
+from orchestrator.budgets import vendor_budgets
 from orchestrator.errors import (
     AmbiguousError,
     ConfigurationError,
@@ -228,7 +228,9 @@ class IntercomSender(IntercomChannel):
             )
         super().__init__(region=region, base_url=base_url)
         self._store = store
-        self._budget = _budget(store, budgets)
+        self._budget = vendor_budgets(store, "Intercom", DEFAULT_BUDGETS, budgets).get(
+            API_BUDGET
+        )
         self._budget_wait_ms = budget_wait_ms
         self._contacts = _RecentContacts(LOCAL_CONTACTS)
         self._http = _OwnTimeouts(
@@ -586,18 +588,6 @@ class _Again(Exception):
 
 class _Unread(Exception):
     """A 2xx answer whose body could not be read: the call was taken."""
-
-
-def _budget(store: Store | None, budgets: Mapping[str, Cap] | None) -> Budget | None:
-    caps = {**DEFAULT_BUDGETS, **(budgets or {})}
-    unknown = sorted(set(caps) - set(DEFAULT_BUDGETS))
-    if unknown:
-        raise ConfigurationError(
-            f"Intercom has no budget {unknown}; its one budget is `{API_BUDGET}`"
-        )
-    if store is None:
-        return None
-    return Budget(store, API_BUDGET, caps[API_BUDGET])
 
 
 def _failure(

@@ -47,7 +47,7 @@ from pydantic import (
 
 from integrations.base import Check, LoopEvent, Member, Rejected
 from integrations.http import DEFAULT_TIMEOUT, Call, VendorHttp, json_or_none
-from orchestrator.budgets import Budget, Slots
+from orchestrator.budgets import Budget, Slots, vendor_caps
 from orchestrator.errors import (
     ConfigurationError,
     PermanentError,
@@ -208,7 +208,7 @@ class MixpanelAdapter:
         timeout: httpx.Timeout | None = None,
         max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
-        caps = _budget_caps(budgets)
+        caps = vendor_caps("Mixpanel", DEFAULT_BUDGETS, budgets)
         self.username = username
         self._secret = secret
         self.project_id = project_id
@@ -477,15 +477,6 @@ class MixpanelAdapter:
 
     def _project_params(self) -> dict[str, str]:
         return {"project_id": str(self.project_id)}
-
-
-def _budget_caps(budgets: Mapping[str, Cap] | None) -> dict[str, Cap]:
-    unknown = sorted(set(budgets or {}) - set(DEFAULT_BUDGETS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown Mixpanel budgets {unknown}; known: {sorted(DEFAULT_BUDGETS)}"
-        )
-    return {**DEFAULT_BUDGETS, **(budgets or {})}
 
 
 def _shared_limits(

@@ -52,7 +52,7 @@ from integrations.base import (
     expect_reference,
 )
 from integrations.http import Call, VendorHttp, json_or_none
-from orchestrator.budgets import Budget
+from orchestrator.budgets import Budget, vendor_caps
 from orchestrator.errors import (
     ConfigurationError,
     PermanentError,
@@ -237,20 +237,6 @@ def _check_age(timestamp: int, now: float, tolerance_s: float) -> None:
 
 
 # --- the product's API -------------------------------------------------------
-
-
-def budget_caps(budgets: Mapping[str, Cap] | None) -> dict[str, Cap]:
-    """The default budgets with `budgets` laid over them.
-
-    Raises:
-        ConfigurationError: a budget name is not one of this adapter's.
-    """
-    unknown = sorted(set(budgets or {}) - DEFAULT_BUDGETS.keys())
-    if unknown:
-        raise ConfigurationError(
-            f"unknown webhook budgets {unknown}; known: {sorted(DEFAULT_BUDGETS)}"
-        )
-    return {**DEFAULT_BUDGETS, **(budgets or {})}
 
 
 class _ProductApi:
@@ -482,7 +468,7 @@ class WebhookRewards:
         """`signing_secrets` is a sequence or a comma-separated string; each
         signs every request. Without a `store` no budget paces the grants;
         without a `timeout` the shared one applies."""
-        caps = budget_caps(budgets)
+        caps = vendor_caps("webhook", DEFAULT_BUDGETS, budgets)
         self.grants_path = _as_path(grants_path)
         self.budget = _budget(store, GRANTS_BUDGET, caps)
         self._api = _ProductApi(base_url, signing_secrets, health_path, timeout)
@@ -559,7 +545,7 @@ class WebhookChannel:
         `base_url` and `signing_secrets` (a sequence or a comma-separated string;
         each signs every request). Without a `store` no budget paces the sends;
         without a `timeout` the shared one applies."""
-        caps = budget_caps(budgets)
+        caps = vendor_caps("webhook", DEFAULT_BUDGETS, budgets)
         self.nudges_path = _as_path(nudges_path)
         self.budget = _budget(store, NUDGES_BUDGET, caps)
         self._api = _ProductApi(base_url, signing_secrets, health_path, timeout)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
 
+from orchestrator.errors import ConfigurationError
 from orchestrator.state import Store
 from orchestrator.units import Cap
 
@@ -193,6 +194,37 @@ class Budget:
         args = [window_ms, trips_at, pause_ms, self._tolerance_us]
         keys = [self._key, self._failures_key]
         return bool(self._failed(keys=keys, args=args))
+
+
+def vendor_caps(
+    vendor: str, defaults: Mapping[str, Cap], overrides: Mapping[str, Cap] | None
+) -> dict[str, Cap]:
+    """A vendor's budgets: its documented `defaults`, with `overrides` laid over.
+
+    Raises:
+        ConfigurationError: an override names a budget the vendor does not have.
+    """
+    unknown = sorted(set(overrides or {}) - set(defaults))
+    if unknown:
+        raise ConfigurationError(
+            f"{vendor} has no budget {', '.join(unknown)}; its budgets are "
+            + ", ".join(sorted(defaults))
+        )
+    return {**defaults, **(overrides or {})}
+
+
+def vendor_budgets(
+    store: Store | None,
+    vendor: str,
+    defaults: Mapping[str, Cap],
+    overrides: Mapping[str, Cap] | None,
+) -> dict[str, Budget]:
+    """`vendor_caps` as budgets every worker shares through `store`; none without
+    a store (a preview, or a check that sends nothing)."""
+    caps = vendor_caps(vendor, defaults, overrides)
+    if store is None:
+        return {}
+    return {name: Budget(store, name, cap) for name, cap in caps.items()}
 
 
 class Slots:

@@ -500,7 +500,7 @@ def test_a_budget_paces_sends_and_is_shared_in_redis(
 
 
 def test_an_unknown_budget_name_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="webhook:nudge'"):
+    with pytest.raises(ConfigurationError, match="no budget webhook:nudge;"):
         WebhookChannel(budgets={"webhook:nudge": Cap(1, timedelta(seconds=1))})
 
 

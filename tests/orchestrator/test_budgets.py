@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.budgets import Budget, Slots
+from orchestrator.budgets import Budget, Slots, vendor_budgets, vendor_caps
+from orchestrator.errors import ConfigurationError
 from orchestrator.state import Store
 from orchestrator.units import Cap, parse_cap
 
@@ -301,3 +302,37 @@ def test_failures_spread_wider_than_the_window_never_trip(store: Store) -> None:
 
     assert not tripped
     assert budget.reserve(0).granted
+
+
+def test_a_vendors_budgets_are_its_defaults_with_overrides_laid_over() -> None:
+    defaults = {
+        "braze:messaging": parse_cap("250000 per 1h"),
+        "braze:x": FIVE_PER_SECOND,
+    }
+
+    caps = vendor_caps("Braze", defaults, {"braze:x": parse_cap("1 per 1s")})
+
+    assert caps == {
+        "braze:messaging": parse_cap("250000 per 1h"),
+        "braze:x": parse_cap("1 per 1s"),
+    }
+
+
+def test_a_budget_the_vendor_does_not_have_is_named_with_those_it_has() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        vendor_caps(
+            "Braze", {"braze:messaging": FIVE_PER_SECOND}, {"braze:y": FIVE_PER_SECOND}
+        )
+
+    assert (
+        str(refused.value)
+        == "Braze has no budget braze:y; its budgets are braze:messaging"
+    )
+
+
+def test_without_a_store_no_budget_is_shared(store: Store) -> None:
+    defaults = {"braze:messaging": FIVE_PER_SECOND}
+
+    assert vendor_budgets(None, "Braze", defaults, None) == {}
+    shared = vendor_budgets(store, "Braze", defaults, None)
+    assert shared["braze:messaging"].cap == FIVE_PER_SECOND
