@@ -147,14 +147,11 @@ class VendorHttp:
             PermanentError: the vendor refused the request; do not repeat it.
             AmbiguousError: it went out and may or may not have been taken.
         """
-        retried = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(QUICK_ATTEMPTS),
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=QUICK_WAIT_MAX_S),
-            retry=tenacity.retry_if_exception_type((_NotSent, _Retryable))
+        retried = quick_retries(
+            tenacity.retry_if_exception_type((_NotSent, _Retryable))
             | tenacity.retry_if_exception(
                 lambda exc: call.safe_to_repeat and isinstance(exc, _Unanswered)
-            ),
-            reraise=True,
+            )
         )
         where = f"{method} {_without_query(path)}"
         try:
@@ -211,13 +208,7 @@ class VendorHttp:
         return self._judge(method, path, response, call, budget)
 
     def _wait_for_budget(self, budget: Budget, where: str) -> None:
-        grant = budget.wait_for_slot(self.budget_wait_ms)
-        if not grant.granted:
-            raise TransientError(
-                self.vendor,
-                f"{where}: the shared budget ({budget.cap}) is used up for now",
-                retry_after_s=grant.wait_ms / 1000,
-            )
+        take_budget(self.vendor, budget, self.budget_wait_ms, where)
 
     def _judge(
         self,
@@ -247,6 +238,31 @@ class VendorHttp:
     def retry_after(self, headers: Mapping[str, str]) -> float | None:
         """The wait an answer asks for, in seconds, if it says."""
         return retry_after_of(headers, self._reset_after)
+
+
+def quick_retries(retry: tenacity.retry_base) -> tenacity.Retrying:
+    """The few quick tries, within about a second, of what is safe to repeat."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(QUICK_ATTEMPTS),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=QUICK_WAIT_MAX_S),
+        retry=retry,
+        reraise=True,
+    )
+
+
+def take_budget(vendor: str, budget: Budget, wait_ms: int, where: str) -> None:
+    """Wait up to `wait_ms` for a slot of `budget`, in this thread.
+
+    Raises:
+        TransientError: no slot opens in time; `retry_after_s` says when one will.
+    """
+    grant = budget.wait_for_slot(wait_ms)
+    if not grant.granted:
+        raise TransientError(
+            vendor,
+            f"{where}: the shared budget ({budget.cap}) is used up for now",
+            retry_after_s=grant.wait_ms / 1000,
+        )
 
 
 def note_failure(vendor: str, budget: Budget | None) -> None:

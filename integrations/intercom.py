@@ -56,14 +56,14 @@ from integrations.base import (
 )
 from integrations.http import (
     DEFAULT_BUDGET_WAIT_MS,
-    QUICK_ATTEMPTS,
-    QUICK_WAIT_MAX_S,
     default_timeout,
     error_for_status,
     error_for_transport,
     note_failure,
+    quick_retries,
     reset_epoch_after,
     retry_after_of,
+    take_budget,
 )
 from orchestrator.budgets import vendor_budgets
 from orchestrator.errors import (
@@ -477,12 +477,7 @@ class IntercomSender(IntercomChannel):
         at once, a few times, and so is a 5xx or a lost answer to a call that is
         safe to repeat; everything else is for the engine's retries.
         """
-        retried = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(QUICK_ATTEMPTS),
-            wait=tenacity.wait_random_exponential(multiplier=0.1, max=QUICK_WAIT_MAX_S),
-            retry=tenacity.retry_if_exception_type(_Again),
-            reraise=True,
-        )
+        retried = quick_retries(tenacity.retry_if_exception_type(_Again))
         try:
             result: Result = retried(self._once, where, action, safe_to_repeat)
         except _Again as exc:
@@ -509,15 +504,8 @@ class IntercomSender(IntercomChannel):
         return result
 
     def _wait_for_budget(self, where: str) -> None:
-        if self._budget is None:
-            return
-        grant = self._budget.wait_for_slot(self._budget_wait_ms)
-        if not grant.granted:
-            raise TransientError(
-                self.name,
-                f"{where}: the shared budget ({self._budget.cap}) is used up for now",
-                retry_after_s=grant.wait_ms / 1000,
-            )
+        if self._budget is not None:
+            take_budget(self.name, self._budget, self._budget_wait_ms, where)
 
     def _refusal(self, where: str, exc: ApiError, safe_to_repeat: bool) -> Exception:
         """What a non-2xx answer means, read off the SDK's error: never its body."""
