@@ -11,6 +11,7 @@ Both use the Redis server's clock by default, so workers on many machines agree.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -119,6 +120,10 @@ class Grant:
 # A vendor failing this often (5xx, timeouts, no connection) is taken to be down:
 # every worker pauses its requests for BREAKER_PAUSE_MS, then tries again. The
 # waits that follow are not failed attempts, so an outage uses up no retries.
+# Budgets are paced this far below the vendor's limit (see `with_headroom`).
+HEADROOM = 0.01
+HEADROOM_FROM = 100
+
 BREAKER_FAILURES = 5
 BREAKER_WINDOW_MS = 10_000
 BREAKER_PAUSE_MS = 10_000
@@ -199,7 +204,8 @@ class Budget:
 def vendor_caps(
     vendor: str, defaults: Mapping[str, Cap], overrides: Mapping[str, Cap] | None
 ) -> dict[str, Cap]:
-    """A vendor's budgets: its documented `defaults`, with `overrides` laid over.
+    """A vendor's budgets as paced: its documented `defaults`, with `overrides`
+    laid over, each with the headroom of `with_headroom`.
 
     Raises:
         ConfigurationError: an override names a budget the vendor does not have.
@@ -210,7 +216,22 @@ def vendor_caps(
             f"{vendor} has no budget {', '.join(unknown)}; its budgets are "
             + ", ".join(sorted(defaults))
         )
-    return {**defaults, **(overrides or {})}
+    chosen = {**defaults, **(overrides or {})}
+    return {name: with_headroom(cap) for name, cap in chosen.items()}
+
+
+def with_headroom(cap: Cap) -> Cap:
+    """`cap` less HEADROOM of its count, for a count of HEADROOM_FROM or more.
+
+    A budget paced at exactly a vendor's limit meets it head on: requests leave
+    evenly spaced but arrive a little bunched, so about once per vendor window
+    one goes over the line, and the 429 pauses every worker. A small count
+    (one broadcast per 10 s, 60 queries an hour) keeps its exact value, since
+    one less would cost far more than the jitter.
+    """
+    if cap.count < HEADROOM_FROM:
+        return cap
+    return Cap(math.floor(cap.count * (1 - HEADROOM)), cap.window)
 
 
 def vendor_budgets(

@@ -267,10 +267,7 @@ class Simulator:
 
     def start(self) -> Simulator:
         handler = type("Handler", (_Handler,), {"simulator": self})
-        server = ThreadingHTTPServer((self._host, 0), handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        server.request_queue_size = 256
+        server = _Server((self._host, 0), handler)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -417,9 +414,20 @@ class Simulator:
                 self.answered[(request.vendor, status)] += 1
 
 
+class _Server(ThreadingHTTPServer):
+    # Set before the socket listens: many clients connect at once in a benchmark,
+    # and the default backlog of 5 resets the sixth.
+    request_queue_size = 256
+    daemon_threads = True
+    block_on_close = False
+
+
 class _Handler(BaseHTTPRequestHandler):
     simulator: ClassVar[Simulator]
     protocol_version = "HTTP/1.1"
+    # Headers and body go in separate writes; with Nagle's algorithm the body
+    # would wait for the client's delayed ACK, about 40 ms on loopback.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.budgets import Budget, Slots, vendor_budgets, vendor_caps
+from orchestrator.budgets import (
+    Budget,
+    Slots,
+    vendor_budgets,
+    vendor_caps,
+    with_headroom,
+)
 from orchestrator.errors import ConfigurationError
 from orchestrator.state import Store
 from orchestrator.units import Cap, parse_cap
@@ -313,7 +319,7 @@ def test_a_vendors_budgets_are_its_defaults_with_overrides_laid_over() -> None:
     caps = vendor_caps("Braze", defaults, {"braze:x": parse_cap("1 per 1s")})
 
     assert caps == {
-        "braze:messaging": parse_cap("250000 per 1h"),
+        "braze:messaging": parse_cap("247500 per 1h"),  # paced 1% under the limit
         "braze:x": parse_cap("1 per 1s"),
     }
 
@@ -336,3 +342,21 @@ def test_without_a_store_no_budget_is_shared(store: Store) -> None:
     assert vendor_budgets(None, "Braze", defaults, None) == {}
     shared = vendor_budgets(store, "Braze", defaults, None)
     assert shared["braze:messaging"].cap == FIVE_PER_SECOND
+
+
+@pytest.mark.parametrize(
+    ("limit", "paced"),
+    [
+        ("250000 per 1h", "247500 per 1h"),
+        ("10000 per 1m", "9900 per 1m"),
+        ("3000 per 3s", "2970 per 3s"),
+        ("100 per 1s", "99 per 1s"),
+        ("99 per 1s", "99 per 1s"),
+        ("60 per 1h", "60 per 1h"),
+        ("1 per 10s", "1 per 10s"),
+    ],
+)
+def test_large_budgets_keep_a_little_headroom_below_the_limit(
+    limit: str, paced: str
+) -> None:
+    assert with_headroom(parse_cap(limit)) == parse_cap(paced)
