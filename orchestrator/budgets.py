@@ -121,7 +121,7 @@ class Grant:
 # every worker pauses its requests for BREAKER_PAUSE_MS, then tries again. The
 # waits that follow are not failed attempts, so an outage uses up no retries.
 # Budgets are paced this far below the vendor's limit (see `with_headroom`).
-HEADROOM = 0.01
+HEADROOM = 0.02
 HEADROOM_FROM = 100
 
 BREAKER_FAILURES = 5

@@ -50,11 +50,11 @@ def test_every_budget_of_a_vendor_can_be_set_in_the_workspace(
         built.close()
 
     assert not catalog.has_errors
-    assert budgets["customerio:track"].cap == parse_cap("99 per 1s")  # 1% headroom
+    assert budgets["customerio:track"].cap == parse_cap("98 per 1s")  # 2% headroom
     assert budgets["customerio:broadcast"].cap == parse_cap("1 per 30s")
     assert budgets["customerio:app"].cap == parse_cap("10 per 1s")
-    assert budgets["braze:users-track"].cap == parse_cap("990 per 3s")
-    assert budgets["braze:messaging"].cap == parse_cap("247500 per 1h")
+    assert budgets["braze:users-track"].cap == parse_cap("980 per 3s")
+    assert budgets["braze:messaging"].cap == parse_cap("245000 per 1h")
 
 
 def test_a_budget_the_vendor_does_not_have_is_refused_at_its_line(
