@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
 
 import httpx
 import pytest
@@ -31,7 +30,7 @@ from orchestrator.errors import ConfigurationError, PermanentError, TransientErr
 from orchestrator.state import Store
 from orchestrator.units import Cap
 from simulator import Fault, Received, Simulator
-from simulator.mixpanel import SIM_PROJECT_ID, SIM_SECRET, SIM_USERNAME, MixpanelSim
+from simulator.mixpanel import SIM_PROJECT_ID, SIM_SECRET, MixpanelSim
 from tests.integrations.openapi import body_validator, load_spec, parameter_names
 
 IMPORT = "/import"
@@ -39,45 +38,6 @@ SENT_AT = datetime(2026, 5, 1, 9, 30, 15, 250_000, tzinfo=UTC)
 SENT_AT_MS = 1_777_627_815_250
 
 AdapterFactory = Callable[..., MixpanelAdapter]
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    with Simulator([MixpanelSim()]) as running:
-        yield running
-
-
-@pytest.fixture
-def mixpanel(sim: Simulator) -> MixpanelSim:
-    """The simulated Mixpanel, with nothing received or imported yet."""
-    sim.reset()
-    vendor = cast(MixpanelSim, sim.vendor("mixpanel"))
-    vendor.clear()
-    return vendor
-
-
-@pytest.fixture
-def adapter_for(sim: Simulator, mixpanel: MixpanelSim) -> Iterator[AdapterFactory]:
-    """Build adapters against the simulator; settings given replace the defaults."""
-    built: list[MixpanelAdapter] = []
-
-    def build(**settings: Any) -> MixpanelAdapter:
-        url = sim.url("mixpanel")
-        options: dict[str, Any] = {
-            "query_url": url,
-            "ingestion_url": url,
-            "timeout": httpx.Timeout(3.0),
-            **settings,
-        }
-        secret = options.pop("secret", SIM_SECRET)
-        project_id = options.pop("project_id", SIM_PROJECT_ID)
-        adapter = MixpanelAdapter(SIM_USERNAME, secret, project_id, **options)
-        built.append(adapter)
-        return adapter
-
-    yield build
-    for adapter in built:
-        adapter.close()
 
 
 def sent(number: int, user_id: str | None = None) -> LoopEvent:
