@@ -265,3 +265,30 @@ class ConformanceCase:
     nudge: RenderedNudge
     secrets: tuple[str, ...]
     dedupes: bool = False
+
+
+def conformance_nudge(
+    reference: Reference | None, delivery_key: str = "conformance:ask:user-1"
+) -> RenderedNudge:
+    """A rendered nudge for an adapter's conformance cases: made-up ids, an email,
+    a subject and an invite link, so that every field a vendor reads is there."""
+    link = "https://app.example.com/invite/c0nf0rm"
+    return RenderedNudge(
+        delivery_key=delivery_key,
+        playbook_id="conformance",
+        step="ask",
+        variant="a",
+        recipient=Recipient(
+            user_id="user-conformance",
+            account_id="acct-conformance",
+            email="dana.reviewer@example.com",
+        ),
+        subject="Invite your reviewers",
+        body=f"Your pack is ready. Invite the reviewers who need it: {link}",
+        data={
+            "invite_link": link,
+            "share": "Share the pack with your reviewers",
+            "trust": "Only people you invite can see the pack.",
+        },
+        reference=reference,
+    )

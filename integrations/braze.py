@@ -38,11 +38,11 @@ from integrations.base import (
     SECURE,
     Check,
     ConformanceCase,
-    Recipient,
     Reference,
     RenderedNudge,
     Sent,
     VendorRequest,
+    conformance_nudge,
     expect_reference,
 )
 from integrations.http import (
@@ -513,7 +513,7 @@ class BrazeSender(BrazeChannel):
             ConformanceCase(
                 label=f"braze-{kind}",
                 sender=cls(CONFORMANCE_API_KEY, base_url, store=store, budgets=budgets),
-                nudge=_sample_nudge(reference),
+                nudge=conformance_nudge(reference),
                 secrets=(CONFORMANCE_API_KEY,),
             )
             for kind, reference in references.items()
@@ -590,26 +590,3 @@ def _refusal_hint(status: int | None) -> str:
     if status == 404:
         return f"Braze answered 404: check {REST_URL_SETTING} and {API_KEY_SETTING}"
     return f"Braze refused the check ({status}): check {API_KEY_SETTING}"
-
-
-def _sample_nudge(reference: BrazeReference) -> RenderedNudge:
-    invite_link = "https://app.example.com/invite/c0nf0rm"
-    return RenderedNudge(
-        delivery_key="conformance:ask:user-conformance:2026-05-01",
-        playbook_id="conformance",
-        step="ask",
-        variant="a",
-        recipient=Recipient(
-            user_id="user-conformance",
-            account_id="acct-conformance",
-            email="dana.reviewer@example.com",
-        ),
-        subject="Invite your reviewers",
-        body=f"Your pack is ready. Invite the reviewers who need it: {invite_link}",
-        data={
-            "invite_link": invite_link,
-            "share": "Share the Q3 pack with your reviewers",
-            "trust": "Only people you invite can see the pack.",
-        },
-        reference=reference,
-    )

@@ -44,6 +44,7 @@ from integrations.base import (
     RenderedNudge,
     Sent,
     VendorRequest,
+    conformance_nudge,
     expect_reference,
 )
 from integrations.http import Call, VendorHttp, json_or_none
@@ -608,7 +609,7 @@ class CustomerIOChannel:
             ConformanceCase(
                 label=f"customerio {label}",
                 sender=cls._for_conformance(base_url, store, budget),
-                nudge=_sample_nudge(reference),
+                nudge=conformance_nudge(reference),
                 secrets=secrets,
                 dedupes=reference.event is not None,
             )
@@ -795,24 +796,3 @@ def _row_reason(error: Mapping[str, Any]) -> str:
     # say what to fix without it.
     parts = [str(error[key])[:100] for key in ("field", "reason") if error.get(key)]
     return ": ".join(parts) or "refused"
-
-
-def _sample_nudge(reference: CustomerIOReference) -> RenderedNudge:
-    invite_link = "https://app.example.com/invite/c0nf0rm"
-    return RenderedNudge(
-        delivery_key="conformance:ask:user-7:2026-05-01",
-        playbook_id="conformance",
-        step="ask",
-        variant="a",
-        recipient=Recipient(
-            user_id="user-7", account_id="acct-7", email="casey.owner@example.com"
-        ),
-        subject="Invite your reviewers",
-        body=f"Your pack is ready. Invite the reviewers who need it: {invite_link}",
-        data={
-            "invite_link": invite_link,
-            "share": "Share the pack with your reviewers",
-            "trust": "Only people you invite can see the pack.",
-        },
-        reference=reference,
-    )

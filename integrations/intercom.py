@@ -47,11 +47,11 @@ from integrations.base import (
     Check,
     ConformanceCase,
     LoopEvent,
-    Recipient,
     Reference,
     RenderedNudge,
     Sent,
     VendorRequest,
+    conformance_nudge,
     expect_reference,
 )
 from integrations.http import (
@@ -452,7 +452,7 @@ class IntercomSender(IntercomChannel):
                 store=store,
                 budgets={API_BUDGET: budget},
             )
-            nudge = _sample_nudge(reference)
+            nudge = conformance_nudge(reference, f"conformance:intercom:{label}")
             sender.remember_contact(nudge.recipient.user_id, SAMPLE_CONTACT_ID)
             case = ConformanceCase(
                 label=f"intercom {label}",
@@ -653,27 +653,3 @@ def _text(value: str | int | float | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _sample_nudge(reference: IntercomReference) -> RenderedNudge:
-    invite_link = "https://app.example.com/invite/c0nf0rm"
-    recipient = Recipient(
-        user_id="conformance-user",
-        account_id="conformance-account",
-        email="conformance.user@example.com",
-    )
-    return RenderedNudge(
-        delivery_key=f"conformance:intercom:{reference.message_type}",
-        playbook_id="conformance",
-        step="ask",
-        variant="a",
-        recipient=recipient,
-        subject="Invite your reviewers",
-        body=f"Your pack is ready. Invite the reviewers who need it: {invite_link}",
-        data={
-            "invite_link": invite_link,
-            "share": "Share the pack with your reviewers",
-            "trust": "Only people you invite can see the pack.",
-        },
-        reference=reference,
-    )

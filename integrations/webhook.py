@@ -44,11 +44,11 @@ from integrations.base import (
     Check,
     ConformanceCase,
     GrantRequest,
-    Recipient,
     Reference,
     RenderedNudge,
     Sent,
     VendorRequest,
+    conformance_nudge,
     expect_reference,
 )
 from integrations.http import Call, VendorHttp, json_or_none
@@ -610,7 +610,7 @@ class WebhookChannel:
             store=store,
             budgets={NUDGES_BUDGET: budget},
         )
-        nudge = _sample_nudge(WebhookReference(topic="invite-reviewers"))
+        nudge = conformance_nudge(WebhookReference(topic="invite-reviewers"))
         case = ConformanceCase(
             label="nudge",
             sender=sender,
@@ -639,20 +639,3 @@ def _nudge_payload(nudge: RenderedNudge, reference: WebhookReference) -> Any:
 
 def _budget(store: Store | None, name: str, caps: Mapping[str, Cap]) -> Budget | None:
     return None if store is None else Budget(store, name, caps[name])
-
-
-def _sample_nudge(reference: WebhookReference) -> RenderedNudge:
-    link = "https://app.example.com/invite/c0nf0rm"
-    return RenderedNudge(
-        delivery_key="dk_conformance_webhook_nudge_0001",
-        playbook_id="pack-reviewers",
-        step="ask",
-        variant="a",
-        recipient=Recipient(
-            user_id="user-42", account_id="acct-7", email="dana.reviewer@example.com"
-        ),
-        subject="Invite your reviewers",
-        body=f"Your pack is ready. Invite the reviewers who need it: {link}",
-        data={"invite_link": link, "share": "Share the pack", "trust": "Invite only"},
-        reference=reference,
-    )
