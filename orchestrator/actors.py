@@ -5,6 +5,7 @@
     deliver(delivery_keys)      send each delivery, once in effect
     dead_letter(message)        record deliveries whose retries ran out
     export_events(slot)         send the journal's loop events to the analytics sink
+    finish_push(cohort, id)     diff a snapshot a vendor pushed, page by page
 
 `decide` and `deliver` take up to BATCH ids, so that a message's own cost and
 the engine's round trips are shared by the batch. Each key keeps its own fate:
@@ -79,6 +80,7 @@ class Actors:
     deliver: dramatiq.Actor[[list[str]], None]
     dead_letter: dramatiq.Actor[[dict[str, Any], dict[str, Any]], None]
     export_events: dramatiq.Actor[[str], None]
+    finish_push: dramatiq.Actor[[str, str], None]
 
     def decide_all(self, occurrence_ids: Sequence[str]) -> None:
         """Hand occurrences to the decide step, BATCH to a message."""
@@ -160,6 +162,13 @@ def declare(broker: dramatiq.Broker) -> Actors:
             _current().bury(key, f"retries exhausted after {retries} attempts")
             logger.warning("Delivery %s is dead after %s retries.", key, retries)
 
+    def finish_push(cohort: str, push_id: str) -> None:
+        engine = _current()
+        triggers = engine.cohorts().get(cohort, False)
+        engine.finish_snapshot(
+            cohort, push_id, declared.decide_all if triggers else None
+        )
+
     def export_events(slot: str) -> None:
         try:
             _current().export_journal(EXPORT_RUN_MS)
@@ -197,6 +206,13 @@ def declare(broker: dramatiq.Broker) -> Actors:
             on_retry_exhausted="dead_letter",
         )(deliver),
         dead_letter=dead,
+        finish_push=dramatiq.actor(
+            broker=broker,
+            actor_name="finish_push",
+            queue_name=SOURCES_QUEUE,
+            time_limit=POLL_TIME_LIMIT_MS,
+            max_retries=3,
+        )(finish_push),
         export_events=dramatiq.actor(
             broker=broker,
             actor_name="export_events",

@@ -221,6 +221,46 @@ class Engine:
         self.snapshots.discard(cohort, snapshot_id)
         return diff
 
+    def apply_push(
+        self,
+        cohort: str,
+        push_id: str,
+        action: str,
+        page: int,
+        members: Sequence[Member | Rejected],
+        decide: Callable[[list[str]], None],
+    ) -> list[Rejected]:
+        """Apply one page a vendor pushed about a cohort; return what it rejected.
+
+        `members` pages make up the snapshot `push_id` (complete it with
+        `finish_snapshot` after the last page); `add_members` are users who
+        entered, judged at once when the cohort triggers; `remove_members` left.
+        A page pushed again, or a push restarted from the top, changes nothing
+        more: snapshot pages are kept once, and an entered user is judged once
+        (its occurrence id, then its delivery key, are kept once).
+        """
+        kept = [m for m in members if isinstance(m, Member)]
+        rejected = [m for m in members if isinstance(m, Rejected)]
+        if action == "members":
+            return self.ingest_page(cohort, push_id, page, members)
+        if action == "remove_members":
+            self.snapshots.remove_members(cohort, [m.user_id for m in kept])
+            return rejected
+        self.snapshots.add_members(cohort, [m.user_id for m in kept])
+        if not kept or not self.cohorts().get(cohort, False):
+            return rejected
+        # Every member of the page is handed on, even when the page came before:
+        # a page retried after a crash between saving and deciding must not lose
+        # its users, and occurrence ids and the ledger make a repeat harmless.
+        at = self.clock()
+        fired = []
+        for member in kept:
+            occurrence = occurrences.from_member(cohort, push_id, member, at)
+            self.occurrences.save(occurrence)
+            fired.append(occurrence.occurrence_id)
+        decide(fired)
+        return rejected
+
     # --- decide ---------------------------------------------------------------
 
     def decide(self, occurrence_id: str) -> list[str]:

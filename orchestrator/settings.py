@@ -43,6 +43,8 @@ class Settings:
     outbox: Path | None = None
     source_file: Path | None = None
     poll_minutes: int = DEFAULT_POLL_MINUTES
+    cohort_sync_user: str | None = None
+    cohort_sync_password: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +71,8 @@ class Settings:
             source_file=_path(source, "REFERLOOP_SOURCE_FILE"),
             log_format="json" if source.get("LOG_FORMAT") == "json" else "text",
             outbox=_path(source, "REFERLOOP_OUTBOX"),
+            cohort_sync_user=source.get("REFERLOOP_COHORT_SYNC_USER") or None,
+            cohort_sync_password=source.get("REFERLOOP_COHORT_SYNC_PASSWORD") or None,
         )
 
     @property

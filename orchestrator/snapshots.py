@@ -202,6 +202,30 @@ class Snapshots:
         """The users who left with this snapshot, in lists of `batch` at most."""
         return self._scan(self._key(cohort, "exited", snapshot_id), batch)
 
+    def add_members(self, cohort: str, user_ids: Sequence[str]) -> list[str]:
+        """Add users to the cohort's current membership (a push that says who
+        entered); return those who were not members yet.
+
+        Repeating the same users adds and returns nothing. A snapshot completed
+        later diffs against the membership these changes made.
+        """
+        key = self._key(cohort, "current")
+        unique = list(dict.fromkeys(user_ids))
+        if not unique:
+            return []
+        known = cast(list[int], self.store.redis.smismember(key, unique))
+        new = [user for user, member in zip(unique, known, strict=True) if not member]
+        if new:
+            self.store.redis.sadd(key, *new)
+        return new
+
+    def remove_members(self, cohort: str, user_ids: Sequence[str]) -> int:
+        """Take users out of the cohort's current membership (a push that says
+        who left); return how many were members."""
+        if not user_ids:
+            return 0
+        return cast(int, self.store.redis.srem(self._key(cohort, "current"), *user_ids))
+
     def is_member(self, cohort: str, user_id: str) -> bool:
         """True when the user is in the cohort's last completed snapshot."""
         key = self._key(cohort, "current")

@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-import uvicorn
+from web_rig import free_port, serving
 
 from orchestrator.settings import Settings
 from orchestrator.web import create_app
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def _serving(settings: Settings) -> Iterator[str]:
-    port = _free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(settings)) as base:
+        yield base
 
 
 def test_health_says_ok_when_redis_and_the_broker_answer(redis_url):
@@ -49,7 +29,7 @@ def test_health_says_ok_when_redis_and_the_broker_answer(redis_url):
 
 def test_health_says_unavailable_when_redis_does_not_answer():
     """Redis unreachable: 503, so that the platform stops routing here."""
-    closed = f"redis://127.0.0.1:{_free_port()}/0"
+    closed = f"redis://127.0.0.1:{free_port()}/0"
 
     with _serving(Settings(redis_url=closed)) as base:
         answer = httpx.get(f"{base}/health", timeout=10)
