@@ -309,6 +309,22 @@ def _entry(where: str, record: Any) -> _Entry:
     return _Entry(_attempt(_member, where, record), cohort=cohort)
 
 
+def read_event(where: str, record: Any) -> ProductEvent | Rejected:
+    """One product event from its JSON record, or why it cannot be used.
+
+    The same rules as a file's event lines: `event`, `id`, `time` with an offset
+    and `user.id` are required. The reason never holds the record's content.
+    """
+    if not isinstance(record, dict):
+        return Rejected(where, "not a JSON object")
+    if "cohort" in record:
+        return Rejected(where, "has `cohort`: only events are taken here")
+    if "event" not in record:
+        return Rejected(where, "missing `event`")
+    value = _attempt(_event, where, record)
+    return value if not isinstance(value, Member) else Rejected(where, "not an event")
+
+
 def _attempt(
     read: Callable[[Record], ProductEvent | Member], where: str, record: Record
 ) -> ProductEvent | Member | Rejected:

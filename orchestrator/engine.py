@@ -32,6 +32,7 @@ from integrations.base import (
     CohortSource,
     EventSink,
     Member,
+    ProductEvent,
     Rejected,
     Sender,
     Sent,
@@ -220,6 +221,23 @@ class Engine:
         self.store.redis.delete(facts)
         self.snapshots.discard(cohort, snapshot_id)
         return diff
+
+    def ingest_events(
+        self, events: Sequence[ProductEvent], decide: Callable[[list[str]], None]
+    ) -> None:
+        """Keep product events as occurrences and hand them to `decide`.
+
+        An event is kept once by its id; one reported again is handed on again,
+        which decides nothing twice (delivery keys are kept once), so a request
+        retried after a lost answer loses nothing and repeats nothing.
+        """
+        ids = []
+        for event in events:
+            occurrence = occurrences.from_event(event)
+            self.occurrences.save(occurrence)
+            ids.append(occurrence.occurrence_id)
+        if ids:
+            decide(ids)
 
     def apply_push(
         self,

@@ -45,6 +45,7 @@ class Settings:
     poll_minutes: int = DEFAULT_POLL_MINUTES
     cohort_sync_user: str | None = None
     cohort_sync_password: str | None = None
+    event_secrets: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +74,7 @@ class Settings:
             outbox=_path(source, "REFERLOOP_OUTBOX"),
             cohort_sync_user=source.get("REFERLOOP_COHORT_SYNC_USER") or None,
             cohort_sync_password=source.get("REFERLOOP_COHORT_SYNC_PASSWORD") or None,
+            event_secrets=source.get("REFERLOOP_EVENT_SECRETS") or None,
         )
 
     @property

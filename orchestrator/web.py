@@ -7,6 +7,12 @@
   snapshot and acknowledged at once; the diff and the decisions happen in
   workers. Mounted when `REFERLOOP_COHORT_SYNC_USER` and `_PASSWORD` are set.
 
+- `POST /events`: product events (a trigger such as "permissions set", or the
+  invite events), one or a batch, signed with HMAC-SHA256 over timestamp and body
+  (`Referloop-Signature`, as `integrations.webhook` signs), within a replay
+  window, with key rotation; each event is kept once by its id. Mounted when
+  `REFERLOOP_EVENT_SECRETS` is set.
+
 It authenticates, validates and enqueues; work happens in workers. Whatever a
 client sends gets a 2xx or a 4xx with a reason, never a 500.
 """
@@ -16,9 +22,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -31,7 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from integrations.base import Rejected
+from integrations.base import ProductEvent, Rejected
+from integrations.filesource import read_event
 from integrations.mixpanel import (
     DEFAULT_ACCOUNT_PROPERTY,
     CohortSyncError,
@@ -39,6 +48,7 @@ from integrations.mixpanel import (
     cohort_sync_answer,
     parse_cohort_sync,
 )
+from integrations.webhook import SignatureError, secret_list, verify
 from orchestrator import actors
 from orchestrator.broker import build_broker
 from orchestrator.engine import Engine
@@ -52,6 +62,13 @@ logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
 COHORT_SYNC_PATH = "/webhooks/mixpanel/cohort-sync"
+EVENTS_PATH = "/events"
+SIGNATURE_HEADER = "Referloop-Signature"
+# A signed request older or newer than this is refused, so a captured one cannot
+# be replayed later; within it, event ids make a replay change nothing.
+REPLAY_WINDOW_S = 300.0
+MAX_EVENTS = 1_000
+MAX_EVENTS_BYTES = 1024 * 1024
 # A page holds at most 1,000 members with a few properties each.
 MAX_SYNC_BYTES = 8 * 1024 * 1024
 AMQP_PORT = 5672
@@ -63,10 +80,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app for `settings` (from the environment when not given)."""
     settings = settings or Settings.from_env()
     routes = [Route("/health", _health(settings), methods=["GET"])]
-    if settings.cohort_sync_user and settings.cohort_sync_password:
+    if settings.event_secrets or (
+        settings.cohort_sync_user and settings.cohort_sync_password
+    ):
         if settings.redis_url is None:
-            raise ConfigurationError("the cohort-sync endpoint needs REDIS_URL")
-        receiver = CohortSyncReceiver.from_settings(settings)
+            raise ConfigurationError("the web endpoints need REDIS_URL")
+        engine, declared = _engine(settings)
+    if settings.event_secrets:
+        events = EventsReceiver(engine, declared, settings.event_secrets)
+        routes.append(Route(EVENTS_PATH, events.receive, methods=["POST"]))
+    if settings.cohort_sync_user and settings.cohort_sync_password:
+        receiver = CohortSyncReceiver.from_settings(settings, engine, declared)
         routes.append(Route(COHORT_SYNC_PATH, receiver.receive, methods=["POST"]))
     return Starlette(routes=routes)
 
@@ -113,11 +137,9 @@ class CohortSyncReceiver:
         self.account_property = account_property
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CohortSyncReceiver:
-        store = Store.from_settings(settings)
-        declared = actors.declare(build_broker(settings))
-        catalog = load([settings.playbooks])
-        engine = Engine(store, catalog, InviteSigner.throwaway(), {}, declared.schedule)
+    def from_settings(
+        cls, settings: Settings, engine: Engine, declared: actors.Actors
+    ) -> CohortSyncReceiver:
         user, password = settings.cohort_sync_user, settings.cohort_sync_password
         if not user or not password:
             raise ConfigurationError(
@@ -176,6 +198,104 @@ class CohortSyncReceiver:
         user_ok = hmac.compare_digest(given[0], self._credentials[0])
         password_ok = hmac.compare_digest(given[1], self._credentials[1])
         return user_ok and password_ok
+
+
+class EventsReceiver:
+    """Product events, signed by the product: verified, read, kept, answered.
+
+    The answer says how many events were accepted and, for each refused one, its
+    index and why. A request none of whose events can be used is a 400; one whose
+    signature does not verify is a 401 that says what is wrong with it.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        declared: actors.Actors,
+        signing_secrets: str,
+        tolerance_s: float = REPLAY_WINDOW_S,
+    ) -> None:
+        self.engine = engine
+        self.declared = declared
+        self.signing_secrets = secret_list(signing_secrets)
+        self.tolerance_s = tolerance_s
+
+    async def receive(self, request: Request) -> JSONResponse:
+        body = await _read_capped(request, MAX_EVENTS_BYTES)
+        if body is None:
+            limit = MAX_EVENTS_BYTES // 1024
+            return _refusal(f"the body is larger than {limit} KB", 413)
+        try:
+            verify(
+                self.signing_secrets,
+                request.headers.get(SIGNATURE_HEADER),
+                body,
+                time.time(),
+                self.tolerance_s,
+            )
+        except SignatureError as exc:
+            logger.warning("Refused product events: %s.", exc.reason)
+            return _refusal(f"the signature does not verify: {exc}", 401)
+        read = _read_events(body)
+        if isinstance(read, str):
+            return _refusal(read, 400)
+        events = [item for item in read if isinstance(item, ProductEvent)]
+        refused = [
+            {"index": index, "reason": item.reason}
+            for index, item in enumerate(read)
+            if isinstance(item, Rejected)
+        ]
+        if not events:
+            return JSONResponse(
+                {"accepted": 0, "rejected": refused, "error": "no event can be used"},
+                status_code=400,
+            )
+        try:
+            await run_in_threadpool(
+                self.engine.ingest_events, events, self.declared.decide_all
+            )
+        except (redis.RedisError, OSError):
+            logger.warning("Product events not stored: Redis.")
+            return _refusal("referloop cannot store them now; send them again", 503)
+        logger.info("Took %d product events (%d refused).", len(events), len(refused))
+        return JSONResponse({"accepted": len(events), "rejected": refused})
+
+
+def _read_events(body: bytes) -> list[ProductEvent | Rejected] | str:
+    """The events of a body: one event object, or `{"events": [...]}`; or why
+    the body cannot be read at all."""
+    try:
+        loaded = json.loads(body)
+    except (ValueError, RecursionError):
+        return "the body is not JSON"
+    if isinstance(loaded, dict) and "events" in loaded:
+        records = loaded["events"]
+        if not isinstance(records, list):
+            return "`events` is not a list"
+    elif isinstance(loaded, dict):
+        records = [loaded]
+    else:
+        return "the body is not a JSON object"
+    if not records:
+        return "`events` is empty"
+    if len(records) > MAX_EVENTS:
+        return f"at most {MAX_EVENTS} events a request"
+    return [
+        read_event(f"events[{index}]", record) for index, record in enumerate(records)
+    ]
+
+
+def _refusal(error: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def _engine(settings: Settings) -> tuple[Engine, actors.Actors]:
+    """An engine that stores what arrives and enqueues the work, as the clock's."""
+    store = Store.from_settings(settings)
+    declared = actors.declare(build_broker(settings))
+    catalog = load([settings.playbooks])
+    engine = Engine(store, catalog, InviteSigner.throwaway(), {}, declared.schedule)
+    return engine, declared
 
 
 def _basic_credentials(header: str | None) -> tuple[bytes, bytes] | None:
