@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -69,6 +69,8 @@ SIGNATURE_HEADER = "Referloop-Signature"
 REPLAY_WINDOW_S = 300.0
 MAX_EVENTS = 1_000
 MAX_EVENTS_BYTES = 1024 * 1024
+WEB_REDIS_RETRIES = 2
+WEB_REDIS_TIMEOUT_S = 2.0
 # A page holds at most 1,000 members with a few properties each.
 MAX_SYNC_BYTES = 8 * 1024 * 1024
 AMQP_PORT = 5672
@@ -291,7 +293,17 @@ def _refusal(error: str, status: int) -> JSONResponse:
 
 def _engine(settings: Settings) -> tuple[Engine, actors.Actors]:
     """An engine that stores what arrives and enqueues the work, as the clock's."""
-    store = Store.from_settings(settings)
+    # A client waiting out a Redis outage would hold the answer until the vendor
+    # gives up on it: the web fails fast with a 503, and the sender retries.
+    assert settings.redis_url is not None
+    client = redis_client(
+        settings.redis_url,
+        decode_responses=True,
+        retry=Retry(EqualJitterBackoff(cap=0.5, base=0.1), WEB_REDIS_RETRIES),
+        socket_timeout=WEB_REDIS_TIMEOUT_S,
+        socket_connect_timeout=WEB_REDIS_TIMEOUT_S,
+    )
+    store = Store(client, settings.namespace)
     declared = actors.declare(build_broker(settings))
     catalog = load([settings.playbooks])
     engine = Engine(store, catalog, InviteSigner.throwaway(), {}, declared.schedule)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Route
-from web_rig import serving
+from web_rig import free_port, serving
 
 from orchestrator import actors, web
 from orchestrator.engine import Engine
@@ -303,3 +303,26 @@ def test_the_web_process_mounts_the_endpoint_when_its_credentials_are_set(
 
     assert taken.status_code == 200
     assert absent.status_code == 404
+
+
+def test_a_page_that_cannot_be_stored_gets_a_503_for_mixpanel_to_retry(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "referloop.yaml").write_text(WORKSPACE)
+    (tmp_path / f"{PLAYBOOK_ID}.yaml").write_text(PLAYBOOK)
+    closed = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        playbooks=tmp_path,
+        cohort_sync_user=USER,
+        cohort_sync_password=PASSWORD,
+    )
+    body = json.dumps(page("members", 1, 1, users(0, 2))).encode()
+
+    with serving(create_app(closed)) as url:
+        answer = httpx.post(
+            url + COHORT_SYNC_PATH, content=body, auth=(USER, PASSWORD), timeout=30
+        )
+
+    assert answer.status_code == 503
+    assert answer.json()["action"] == "members"
+    assert answer.json()["status"] == "failure"

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Route
-from web_rig import serving
+from web_rig import free_port, serving
 
 from integrations.webhook import sign
 from orchestrator import actors, web
@@ -287,3 +287,30 @@ def test_the_web_process_mounts_the_endpoint_when_secrets_are_set(
 
     assert taken.status_code == 200
     assert absent.status_code == 404
+
+
+def test_events_that_cannot_be_stored_get_a_503_to_send_again(
+    tmp_path: Path,
+) -> None:
+    """Redis does not answer: the product is told to send the same request again,
+    quickly, rather than kept waiting."""
+    (tmp_path / "referloop.yaml").write_text(WORKSPACE)
+    (tmp_path / f"{PLAYBOOK_ID}.yaml").write_text(PLAYBOOK)
+    closed = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        playbooks=tmp_path,
+        event_secrets=NEW_SECRET,
+    )
+    content = json.dumps(event("evt-1")).encode()
+    headers = {SIGNATURE_HEADER: sign(NEW_SECRET, content, time.time())}
+
+    with serving(create_app(closed)) as url:
+        started = time.monotonic()
+        answer = httpx.post(
+            url + EVENTS_PATH, content=content, headers=headers, timeout=30
+        )
+        took_s = time.monotonic() - started
+
+    assert answer.status_code == 503
+    assert "send them again" in answer.json()["error"]
+    assert took_s < 10
