@@ -82,16 +82,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app for `settings` (from the environment when not given)."""
     settings = settings or Settings.from_env()
     routes = [Route("/health", _health(settings), methods=["GET"])]
-    if settings.event_secrets or (
-        settings.cohort_sync_user and settings.cohort_sync_password
-    ):
-        if settings.redis_url is None:
-            raise ConfigurationError("the web endpoints need REDIS_URL")
-        engine, declared = _engine(settings)
+    takes_sync = bool(settings.cohort_sync_user and settings.cohort_sync_password)
+    if not settings.event_secrets and not takes_sync:
+        return Starlette(routes=routes)
+
+    if settings.redis_url is None:
+        raise ConfigurationError("the web endpoints need REDIS_URL")
+    engine, declared = _engine(settings)
     if settings.event_secrets:
         events = EventsReceiver(engine, declared, settings.event_secrets)
         routes.append(Route(EVENTS_PATH, events.receive, methods=["POST"]))
-    if settings.cohort_sync_user and settings.cohort_sync_password:
+    if takes_sync:
         receiver = CohortSyncReceiver.from_settings(settings, engine, declared)
         routes.append(Route(COHORT_SYNC_PATH, receiver.receive, methods=["POST"]))
     return Starlette(routes=routes)
