@@ -6,6 +6,9 @@
     dead_letter(message)        record deliveries whose retries ran out
     export_events(slot)         send the journal's loop events to the analytics sink
     finish_push(cohort, id)     diff a snapshot a vendor pushed, page by page
+    grants_due(slot)            judge the grants whose hold ended, hand on the good
+    grant(grant_id)             give one grant through the reward target, once
+    grant_dead_letter(message)  record grants whose retries ran out
 
 `decide` and `deliver` take up to BATCH ids, so that a message's own cost and
 the engine's round trips are shared by the batch. Each key keeps its own fate:
@@ -29,6 +32,7 @@ from dramatiq.middleware import CurrentMessage
 
 from orchestrator.engine import CHUNK_MAX, Engine, Retry
 from orchestrator.errors import TransientError
+from orchestrator.rewards import GrantRetry
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,14 @@ EXPORT_TIME_LIMIT_MS = 60_000
 # An export drains batch after batch for this long, then leaves the rest to the
 # next minute's.
 EXPORT_RUN_MS = 45_000
+REWARDS_QUEUE = "rewards"
+GRANTS_DUE_EVERY_MS = 60_000
+GRANT_TIME_LIMIT_MS = 60_000
+# A grant is retried until the target takes it: 20 retries, backing off to six
+# hours between them, span about four days of outage.
+GRANT_MAX_RETRIES = 20
+GRANT_MIN_BACKOFF_MS = 30_000
+GRANT_MAX_BACKOFF_MS = 6 * 3_600_000
 
 _engine: Engine | None = None
 
@@ -81,6 +93,9 @@ class Actors:
     dead_letter: dramatiq.Actor[[dict[str, Any], dict[str, Any]], None]
     export_events: dramatiq.Actor[[str], None]
     finish_push: dramatiq.Actor[[str, str], None]
+    grants_due: dramatiq.Actor[[str], None]
+    grant: dramatiq.Actor[[str], None]
+    grant_dead_letter: dramatiq.Actor[[dict[str, Any], dict[str, Any]], None]
 
     def decide_all(self, occurrence_ids: Sequence[str]) -> None:
         """Hand occurrences to the decide step, BATCH to a message."""
@@ -169,6 +184,36 @@ def declare(broker: dramatiq.Broker) -> Actors:
             cohort, push_id, declared.decide_all if triggers else None
         )
 
+    def grants_due(slot: str) -> None:
+        for grant_id in _current().grants_due():
+            declared.grant.send(grant_id)
+
+    def grant(grant_id: str) -> None:
+        try:
+            fired = _current().give(grant_id)
+        except GrantRetry as retry:
+            options = _options()
+            waited = int(options.get("waited_ms", 0))
+            if not retry.counts and waited + retry.delay_ms <= DELIVER_MAX_WAIT_MS:
+                declared.grant.send_with_options(
+                    args=(grant_id,),
+                    delay=retry.delay_ms or None,
+                    retries=options.get("retries", 0),
+                    waited_ms=waited + retry.delay_ms,
+                )
+                return
+            logger.info("Grant %s retries: %s.", grant_id, retry.reason)
+            raise dramatiq.Retry(retry.reason, delay=retry.delay_ms or None) from None
+        declared.decide_all(fired)
+
+    def grant_dead_letter(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
+        args = message.get("args") or [""]
+        retries = retry_info.get("retries", "?")
+        _current().loop.rewards.bury(
+            str(args[0]), f"retries exhausted after {retries} attempts"
+        )
+        logger.warning("Grant %s is dead after %s retries.", args[0], retries)
+
     def export_events(slot: str) -> None:
         try:
             _current().export_journal(EXPORT_RUN_MS)
@@ -179,6 +224,9 @@ def declare(broker: dramatiq.Broker) -> Actors:
     dead = dramatiq.actor(
         broker=broker, actor_name="dead_letter", queue_name=DELIVERIES_QUEUE
     )(dead_letter)
+    dead_grant = dramatiq.actor(
+        broker=broker, actor_name="grant_dead_letter", queue_name=REWARDS_QUEUE
+    )(grant_dead_letter)
     declared = Actors(
         poll=dramatiq.actor(
             broker=broker,
@@ -221,6 +269,25 @@ def declare(broker: dramatiq.Broker) -> Actors:
             max_age=EXPORT_EVERY_MS,
             max_retries=0,
         )(export_events),
+        grants_due=dramatiq.actor(
+            broker=broker,
+            actor_name="grants_due",
+            queue_name=REWARDS_QUEUE,
+            time_limit=GRANT_TIME_LIMIT_MS,
+            max_age=GRANTS_DUE_EVERY_MS,
+            max_retries=0,
+        )(grants_due),
+        grant=dramatiq.actor(
+            broker=broker,
+            actor_name="grant",
+            queue_name=REWARDS_QUEUE,
+            time_limit=GRANT_TIME_LIMIT_MS,
+            max_retries=GRANT_MAX_RETRIES,
+            min_backoff=GRANT_MIN_BACKOFF_MS,
+            max_backoff=GRANT_MAX_BACKOFF_MS,
+            on_retry_exhausted="grant_dead_letter",
+        )(grant),
+        grant_dead_letter=dead_grant,
     )
     return declared
 

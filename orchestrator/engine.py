@@ -34,6 +34,7 @@ from integrations.base import (
     Member,
     ProductEvent,
     Rejected,
+    RewardTarget,
     Sender,
     Sent,
 )
@@ -49,6 +50,7 @@ from orchestrator.journal import Exported, Journal, Kind
 from orchestrator.keys import delivery_key
 from orchestrator.ledger import FINAL, LEASE_MS, Entry, Ledger, Outcome, Reservation
 from orchestrator.loader import Catalog, LoadedPlaybook
+from orchestrator.loop import Loop
 from orchestrator.model import Playbook, Workspace
 from orchestrator.occurrences import Occurrence, Occurrences
 from orchestrator.snapshots import Diff, Snapshots
@@ -110,16 +112,28 @@ class Engine:
     sources: Mapping[str, CohortSource] = field(default_factory=dict)
     journal: Journal | None = None
     sink: EventSink | None = None
+    rewards_target: RewardTarget | None = None
     ledger: Ledger = field(init=False)
     occurrences: Occurrences = field(init=False)
     snapshots: Snapshots = field(init=False)
     caps: guardrails.Caps = field(init=False)
+    loop: Loop = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.store)
         self.occurrences = Occurrences(self.store)
         self.snapshots = Snapshots(self.store)
         self.caps = guardrails.Caps(self.store)
+        self.loop = Loop(
+            self.store,
+            self.signer,
+            lambda: self.catalog,
+            self.ledger,
+            self.occurrences,
+            self._reentry_key,
+            target=self.rewards_target,
+            journal=self.journal,
+        )
 
     @property
     def workspace(self) -> Workspace:
@@ -291,7 +305,15 @@ class Engine:
         The batch costs a few round trips, not a few per occurrence. The
         deliveries due now go to the deliver step together; deferred ones alone.
         """
-        fired = self._fired(occurrence_ids)
+        loaded = self.occurrences.load_many(occurrence_ids)
+        for occurrence_id, occurrence in zip(occurrence_ids, loaded, strict=True):
+            if occurrence is None:
+                logger.warning(
+                    "Occurrence %s is gone; nothing to decide.", occurrence_id
+                )
+        found = [occurrence for occurrence in loaded if occurrence is not None]
+        follow_ups = self.loop.follow(found)
+        fired = self._fired([*found, *follow_ups])
         opened = self._open(fired)
         lasts = self._last_sent(opened)
 
@@ -320,23 +342,22 @@ class Engine:
             self.schedule([key], delay_ms)
         return [key for key, _, _ in opened]
 
-    def _fired(
-        self, occurrence_ids: Sequence[str]
-    ) -> list[tuple[Playbook, Occurrence]]:
+    def _fired(self, found: Sequence[Occurrence]) -> list[tuple[Playbook, Occurrence]]:
         """Each (playbook, occurrence) to judge, by occurrence then priority."""
-        loaded = self.occurrences.load_many(occurrence_ids)
         fired = []
-        for occurrence_id, occurrence in zip(occurrence_ids, loaded, strict=True):
-            if occurrence is None:
-                logger.warning(
-                    "Occurrence %s is gone; nothing to decide.", occurrence_id
-                )
-                continue
+        for occurrence in found:
             for playbook in self._playbooks_for(occurrence):
                 fired.append((playbook.playbook, occurrence))
         return fired
 
     def _playbooks_for(self, occurrence: Occurrence) -> list[LoadedPlaybook]:
+        if occurrence.playbook is not None:
+            # A reinforcement: one step of one playbook, while it still has it.
+            loaded = self.catalog.get(occurrence.playbook)
+            if loaded is None or not loaded.playbook.enabled:
+                return []
+            has_step = occurrence.step in render.steps(loaded.playbook)
+            return [loaded] if has_step else []
         fired = [
             loaded
             for loaded in self.catalog.playbooks
@@ -390,8 +411,17 @@ class Engine:
     def _held_back(
         self, playbook: Playbook, occurrence: Occurrence, last_sent: str | None
     ) -> str | None:
-        """The first guardrail that holds this delivery back, as a reason code."""
+        """The first guardrail that holds this delivery back, as a reason code.
+
+        A reinforcement follows up a user already in the loop: the trigger's
+        conditions, re-entry and holdout judged them when they entered; the
+        audience and exclusions still apply, as do caps and clock at delivery.
+        """
         user, account = occurrence.facts.user, occurrence.facts.account
+        if occurrence.step != STEP:
+            if not guardrails.matches(playbook.audience.account, user, account):
+                return AUDIENCE
+            return self._excluded(playbook, occurrence)
         gate = self._value_gate(playbook, occurrence)
         if gate is not None:
             return gate
@@ -445,7 +475,8 @@ class Engine:
     ) -> int:
         """The ms until the delivery may go; a wait is recorded as a deferral."""
         now = self.clock()
-        earliest = max(now, occurrence.time + (playbook.trigger.delay or timedelta(0)))
+        delay = _step_delay(playbook, occurrence.step) or timedelta(0)
+        earliest = max(now, occurrence.time + delay)
         verdict = self._clock_verdict(playbook, occurrence, earliest)
         when = verdict.until or earliest
         delay_ms = max(0, int((when - now).total_seconds() * 1000))
@@ -517,8 +548,18 @@ class Engine:
         ready = []
         for entry, occurrence in zip(waiting, found, strict=True):
             loaded = self.catalog.get(entry.fields["playbook"])
-            if loaded is None or occurrence is None:
-                gone = "playbook_removed" if loaded is None else "trigger_expired"
+            if (
+                loaded is None
+                or occurrence is None
+                or occurrence.step not in render.steps(loaded.playbook)
+            ):
+                gone = (
+                    "playbook_removed"
+                    if loaded is None
+                    else "trigger_expired"
+                    if occurrence is None
+                    else "step_removed"
+                )
                 self.ledger.hold(entry.delivery_key, gone)
                 results[entry.delivery_key] = Outcome.HELD
                 continue
@@ -642,7 +683,8 @@ class Engine:
             raise Retry(
                 BUSY_RETRY_MS, "another worker holds this delivery", counts=False
             )
-        if answer is Reservation.ORPHANED and playbook.nudge.on_ambiguous == "hold":
+        nudge = render.nudge_of(playbook, occurrence.step)
+        if answer is Reservation.ORPHANED and nudge.on_ambiguous == "hold":
             reason = "an earlier attempt was cut off and may have sent it"
             self.ledger.mark_ambiguous(key, lease, reason)
             logger.warning("Delivery %s may have gone out before a crash; held.", key)
@@ -657,7 +699,7 @@ class Engine:
         self, key: str, lease: str, playbook: Playbook, occurrence: Occurrence
     ) -> Outcome | tuple[str, Sent]:
         failures: list[str] = []
-        for name in playbook.nudge.channels():
+        for name in render.nudge_of(playbook, occurrence.step).channels():
             outcome = self._try_channel(
                 key, lease, name, playbook, occurrence, failures
             )
@@ -688,7 +730,7 @@ class Engine:
                 self.workspace,
                 occurrence.facts,
                 self.signer,
-                step=STEP,
+                step=occurrence.step,
                 channel_name=name,
                 key=key,
                 now=self.clock(),
@@ -712,7 +754,8 @@ class Engine:
             reason = f"{name} asked to wait" if asked else f"{name} failed for now"
             raise Retry(delay_ms, reason, counts=not asked) from exc
         except AmbiguousError as exc:
-            return self._ambiguous(key, lease, playbook, name, str(exc))
+            nudge = render.nudge_of(playbook, occurrence.step)
+            return self._ambiguous(key, lease, nudge.on_ambiguous, name, str(exc))
         return name, sent
 
     def _commit(
@@ -729,7 +772,8 @@ class Engine:
             commits.append(len(pipe))
             self.ledger.commit_in(pipe, key, lease, channel=name, vendor_id=vendor_id)
             self._note(pipe, "sent", key)
-            pipe.set(self._reentry_key(playbook.id, occurrence.user_id), now_ms)
+            if occurrence.step == STEP:
+                pipe.set(self._reentry_key(playbook.id, occurrence.user_id), now_ms)
         answers = pipe.execute()
 
         for (key, _, playbook, _, name, _), answer in zip(
@@ -743,9 +787,9 @@ class Engine:
             self.journal.note_in(pipe, kind, key, reason)
 
     def _ambiguous(
-        self, key: str, lease: str, playbook: Playbook, name: str, reason: str
+        self, key: str, lease: str, on_ambiguous: str, name: str, reason: str
     ) -> Outcome:
-        if playbook.nudge.on_ambiguous == "resend":
+        if on_ambiguous == "resend":
             self.ledger.release(key, lease, f"{name}: unsure, resending: {reason}")
             raise Retry(0, f"{name} may not have taken it; the playbook resends")
         self.ledger.mark_ambiguous(key, lease, f"{name}: {reason}")
@@ -804,6 +848,23 @@ class Engine:
             self.caps.give_back(subjects, key)
         self.ledger.dead(key, reason)
 
+    # --- rewards ----------------------------------------------------------------
+
+    def grants_due(self) -> list[str]:
+        """Judge the grants whose hold has ended; return those to give now."""
+        return self.loop.grants_due(_ms(self.clock()))
+
+    def give(self, grant_id: str) -> list[str]:
+        """Give one grant; return the occurrences its `reward_granted` fires.
+
+        Raises:
+            GrantRetry: the reward target is down, asked for time, or not set up.
+        """
+        outcome = self.loop.rewards.give(grant_id)
+        if outcome is not Outcome.SENT:
+            return []
+        return [o.occurrence_id for o in self.loop.after_grant(grant_id)]
+
     def _reentry_key(self, playbook_id: str, user_id: str) -> str:
         return self.store.key("reentry", playbook_id, user_id)
 
@@ -839,18 +900,27 @@ def _member_from(user_id: str, record: str | None) -> Member:
 
 def _key_of(playbook: Playbook, occurrence: Occurrence) -> str:
     subject = f"user:{occurrence.user_id}"
-    return delivery_key(playbook.id, STEP, subject, occurrence.occurrence_id)
+    return delivery_key(playbook.id, occurrence.step, subject, occurrence.occurrence_id)
+
+
+def _step_delay(playbook: Playbook, step: str) -> timedelta | None:
+    if step == STEP:
+        return playbook.trigger.delay
+    for reinforcement in playbook.reinforcement:
+        if step == f"reinforcement:{reinforcement.on}":
+            return reinforcement.delay
+    return None
 
 
 def _about(playbook: Playbook, occurrence: Occurrence) -> dict[str, str]:
     """What the ledger record says of a delivery: ids only."""
     return {
         "playbook": playbook.id,
-        "step": STEP,
+        "step": occurrence.step,
         "user": occurrence.user_id,
         "account": occurrence.account_id,
         "occurrence": occurrence.occurrence_id,
-        "channel": playbook.nudge.channel,
+        "channel": render.nudge_of(playbook, occurrence.step).channel,
     }
 
 

@@ -27,7 +27,7 @@ from redis.client import Pipeline
 
 from integrations.base import EventSink, LoopEvent
 from orchestrator.errors import PermanentError
-from orchestrator.ledger import Entry, Ledger
+from orchestrator.ledger import GRANTS, Entry, Ledger
 from orchestrator.state import Store
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ EVENT_NAMES: dict[Kind, str] = {
     "granted": "referloop reward granted",
 }
 EXPORT_BATCH = 2_000
+# Grants are noted by their id, and read from the grants' own book.
+GRANT_PREFIX = "gr_"
 # The journal never grows past this many notes: with no exporter draining it (the
 # sink is down for days), the oldest notes go first.
 MAX_NOTES = 1_000_000
@@ -99,7 +101,12 @@ class Journal:
             return Exported()
         notes = [_parse(item) for item in raw]
         keys = [note[1] for note in notes if note is not None]
-        entries = dict(zip(keys, ledger.get_many(keys), strict=True))
+        grants = [key for key in keys if key.startswith(GRANT_PREFIX)]
+        others = [key for key in keys if not key.startswith(GRANT_PREFIX)]
+        entries = dict(zip(others, ledger.get_many(others), strict=True))
+        if grants:
+            book = Ledger(self.store, GRANTS)
+            entries |= dict(zip(grants, book.get_many(grants), strict=True))
         events = [
             event
             for note in notes

@@ -145,11 +145,21 @@ class Entry:
         return self.fields.get("reason", "")
 
 
-class Ledger:
-    """Reserve, commit, release and record deliveries in Redis."""
+DELIVERIES = "ledger"
+GRANTS = "grants"
 
-    def __init__(self, store: Store) -> None:
+
+class Ledger:
+    """Reserve, commit, release and record deliveries in Redis.
+
+    `book` names the records' part of the namespace: `ledger` for deliveries,
+    `grants` for rewards, which go through the same reserve, send, commit with
+    counts, indexes and dead letters of their own.
+    """
+
+    def __init__(self, store: Store, book: str = DELIVERIES) -> None:
         self.store = store
+        self.book = book
         self._reserve = store.redis.register_script(_RESERVE)
         self._settle = store.redis.register_script(_SETTLE)
         self._open = store.redis.register_script(_OPEN)
@@ -235,7 +245,16 @@ class Ledger:
     def dead(self, key: str, reason: str) -> None:
         """Give up on a delivery, with why; it is listed among the dead letters."""
         self._set(key, Outcome.DEAD, Outcome.DEAD.value, reason=reason)
-        self.store.redis.zadd(self.store.key("dead"), {key: _now_ms()})
+        self.store.redis.zadd(self._dead(), {key: _now_ms()})
+
+    def mark(self, key: str, outcome: Outcome, **fields: str) -> None:
+        """Set a record's outcome outside a lease (a grant handed on to be given)."""
+        count = outcome.value if outcome in FINAL else ""
+        self._set(key, outcome, count, None, **fields)
+
+    def annotate(self, key: str, **fields: str) -> None:
+        """Add fields to a record (who approved a grant) without changing its state."""
+        self.store.redis.hset(self._record(key), mapping=fields)
 
     def get(self, key: str) -> Entry | None:
         fields = cast(dict[str, str], self.store.redis.hgetall(self._record(key)))
@@ -253,13 +272,13 @@ class Ledger:
         ]
 
     def keys_for_user(self, user_id: str) -> list[str]:
-        return self._recent(self.store.key("ledger", "by-user", user_id))
+        return self._recent(self.store.key(self.book, "by-user", user_id))
 
     def keys_for_playbook(self, playbook_id: str) -> list[str]:
-        return self._recent(self.store.key("ledger", "by-playbook", playbook_id))
+        return self._recent(self.store.key(self.book, "by-playbook", playbook_id))
 
     def dead_letters(self) -> list[str]:
-        return self._recent(self.store.key("dead"))
+        return self._recent(self._dead())
 
     def counts(self) -> dict[str, int]:
         """Outcomes counted across all deliveries, e.g. `sent`, `held:holdout`."""
@@ -310,7 +329,15 @@ class Ledger:
         self._setter(keys=keys, args=[count, *pairs], client=pipe)
 
     def _counts(self) -> str:
-        return self.store.key("ledger", "counts")
+        return self.store.key(self.book, "counts")
+
+    def _dead(self) -> str:
+        # Deliveries' dead letters kept their first, shorter key.
+        return (
+            self.store.key("dead")
+            if self.book == DELIVERIES
+            else self.store.key(self.book, "dead")
+        )
 
     def _index(self, pipe: Pipeline, key: str, about: Mapping[str, str]) -> None:
         now_ms = _now_ms()
@@ -318,7 +345,7 @@ class Ledger:
             value = about.get(kind)
             if not value:
                 continue
-            index = self.store.key("ledger", f"by-{kind}", value)
+            index = self.store.key(self.book, f"by-{kind}", value)
             pipe.zadd(index, {key: now_ms})
             pipe.zremrangebyrank(index, 0, -INDEX_LIMIT - 1)
 
@@ -326,10 +353,12 @@ class Ledger:
         return cast(list[str], self.store.redis.zrange(index, 0, -1))
 
     def _record(self, key: str) -> str:
-        return self.store.key("ledger", key)
+        return self.store.key(self.book, key)
 
     def _lease(self, key: str) -> str:
-        return self.store.key("lease", key)
+        if self.book == DELIVERIES:
+            return self.store.key("lease", key)
+        return self.store.key(self.book, "lease", key)
 
 
 def _open_args(about: Mapping[str, str]) -> list[str]:

@@ -662,6 +662,34 @@ class Fields(_Strict):
     events: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class RewardPolicy(_Strict):
+    """How rewards are given, and what counts as farming, for every playbook."""
+
+    via: Literal["webhook", "customerio", "braze"] = Field(
+        "webhook",
+        description=(
+            "Where grants go: `webhook` (the product's entitlement API), or an "
+            "attribute update in `customerio` or `braze`."
+        ),
+    )
+    farming_min_invitees: int = Field(
+        5,
+        ge=1,
+        description="Judge a referrer for farming once this many invitees are past "
+        "the grace period.",
+    )
+    farming_activation_below: Percentage = Field(
+        default=20.0,
+        description="A referrer whose judged invitees activate less than this share "
+        "is farming: their grants are refused.",
+    )
+    farming_grace: Duration = Field(
+        default=timedelta(days=14),
+        description="How long an invitee has to activate before they count against "
+        "their referrer.",
+    )
+
+
 class Workspace(_Strict):
     """What spans all playbooks: global caps, defaults, vendors, the invite URL."""
 
@@ -680,6 +708,7 @@ class Workspace(_Strict):
         None, description="The default activation gate for every playbook."
     )
     vendors: Vendors = Field(default_factory=Vendors)
+    rewards: RewardPolicy = Field(default_factory=RewardPolicy)
     fields: Fields = Field(default_factory=Fields)
 
 

@@ -33,6 +33,10 @@ class Occurrence:
     account_id: str
     time: datetime
     facts: Facts
+    # A reinforcement fires one step of one playbook, for the user it follows up;
+    # a trigger fires the first nudge of every playbook it names.
+    step: str = "nudge"
+    playbook: str | None = None
 
     @property
     def trigger_source(self) -> str:
@@ -67,6 +71,33 @@ def from_member(
         account_id=account_id,
         time=at,
         facts=_facts(member.user_id, account_id, member.user, member.account, {}),
+    )
+
+
+def reinforcing(
+    origin: str,
+    playbook: str,
+    event: str,
+    user_id: str,
+    account_id: str,
+    at: datetime,
+    facts: Facts,
+) -> Occurrence:
+    """The occurrence of one playbook's reinforcement on `event`, for `user_id`.
+
+    `origin` is what it follows up (the event's occurrence, a grant): one origin
+    fires each reinforcement once for each user.
+    """
+    return Occurrence(
+        occurrence_id=_id("reinforce", origin, playbook, event, user_id),
+        kind="event",
+        source=event,
+        user_id=user_id,
+        account_id=account_id,
+        time=at,
+        facts=facts,
+        step=f"reinforcement:{event}",
+        playbook=playbook,
     )
 
 
@@ -131,6 +162,11 @@ def _to_record(occurrence: Occurrence) -> dict[str, Any]:
         "user": dict(occurrence.facts.user),
         "account": dict(occurrence.facts.account),
         "event": dict(occurrence.facts.event),
+        **(
+            {"step": occurrence.step, "playbook": occurrence.playbook}
+            if occurrence.playbook is not None
+            else {}
+        ),
     }
 
 
@@ -143,4 +179,6 @@ def _from_record(occurrence_id: str, record: dict[str, Any]) -> Occurrence:
         account_id=record["account_id"],
         time=datetime.fromisoformat(record["time"]),
         facts=Facts(record["user"], record["account"], record["event"]),
+        step=record.get("step", "nudge"),
+        playbook=record.get("playbook"),
     )

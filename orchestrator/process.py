@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from integrations import registry, vendors
-from integrations.base import CohortSource, Sender
+from integrations.base import CohortSource, RewardTarget, Sender
 from integrations.filesource import FileSource
 from integrations.outbox import OutboxChannel
 from orchestrator import actors
@@ -23,6 +23,8 @@ from orchestrator.clock import Clock, every
 from orchestrator.engine import Engine
 from orchestrator.journal import Journal
 from orchestrator.loader import Catalog, load
+from orchestrator.model import Workspace
+from orchestrator.rewards import attribute_rewards
 from orchestrator.settings import Settings
 from orchestrator.state import Store
 from orchestrator.tokens import InviteSigner
@@ -58,6 +60,7 @@ def run_worker_process(
         sources=sources(settings, built),
         journal=Journal(store) if built.sink is not None else None,
         sink=built.sink,
+        rewards_target=reward_target(catalog.workspace, built),
     )
     actors.install(engine)
     logger.info(
@@ -89,6 +92,15 @@ def senders(
     return dict(built.senders) if built is not None else {}
 
 
+def reward_target(workspace: Workspace, built: vendors.Vendors) -> RewardTarget | None:
+    """Where this process gives grants: the workspace's `rewards.via`."""
+    via = workspace.rewards.via
+    if via == "webhook":
+        return built.rewards
+    sender = built.senders.get(via)
+    return attribute_rewards(via, sender) if sender is not None else None
+
+
 def sources(
     settings: Settings, built: vendors.Vendors | None = None
 ) -> dict[str, CohortSource]:
@@ -114,6 +126,7 @@ def run_clock_process(settings: Settings) -> int:
     for cohort in sorted(engine.cohorts()):
         clock.add(f"poll:{cohort}", interval, _poller(declared, cohort))
     clock.add("export-events", every(timedelta(minutes=1)), _exporter(declared))
+    clock.add("grants-due", every(timedelta(minutes=1)), _grants_due(declared))
     clock.run()
     return 0
 
@@ -128,6 +141,13 @@ def _poller(declared: actors.Actors, cohort: str) -> Callable[[str], None]:
 def _exporter(declared: actors.Actors) -> Callable[[str], None]:
     def enqueue(slot: str) -> None:
         declared.export_events.send(slot)
+
+    return enqueue
+
+
+def _grants_due(declared: actors.Actors) -> Callable[[str], None]:
+    def enqueue(slot: str) -> None:
+        declared.grants_due.send(slot)
 
     return enqueue
 
