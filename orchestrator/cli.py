@@ -29,6 +29,7 @@ from integrations.filesource import FileSource
 from orchestrator import local, logs
 from orchestrator import preview as previews
 from orchestrator import schema as schemas
+from orchestrator.cli_rewards import rewards
 from orchestrator.errors import (
     ConfigurationError,
     PlaybookError,
@@ -363,6 +364,9 @@ def clock() -> None:
 
     _as_a_process()
     sys.exit(process.run_clock_process(settings))
+
+
+cli.add_command(rewards)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

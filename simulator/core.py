@@ -7,7 +7,8 @@ at `Simulator.url(vendor)`. Requests go through, in order:
 1. recording (every request, whatever it is answered);
 2. latency, if the test set some;
 3. a fault, if one is switched on for that vendor (a status, a hang, a reset
-   connection, a garbage answer, a slow answer);
+   connection, a garbage answer, a slow answer, an answer lost after the
+   request was applied);
 4. authentication, as the vendor checks it;
 5. rate limits, as the vendor enforces them (429 in the vendor's own shape);
 6. the vendor's handler.
@@ -38,7 +39,9 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024 * 1024
 
-FaultKind = Literal["status", "hang", "reset", "garbage", "broken_json", "slow"]
+FaultKind = Literal[
+    "status", "hang", "reset", "garbage", "broken_json", "slow", "lost_answer"
+]
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,12 @@ class Fault:
     def broken_json(cls, status: int = 200) -> Fault:
         """Answer `status` with a body that claims to be JSON and is not."""
         return cls("broken_json", status=status)
+
+    @classmethod
+    def lost_answer(cls, seconds: float) -> Fault:
+        """Apply the request as usual, then say nothing for `seconds` and close:
+        the client cannot tell that it was applied."""
+        return cls("lost_answer", seconds=seconds)
 
     @classmethod
     def slow(cls, seconds: float) -> Fault:
@@ -470,6 +479,12 @@ class _Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         fault = simulator._next_fault(name)
+        if fault is not None and fault.kind == "lost_answer":
+            self._respond(vendor, request)
+            simulator._record(request, None)
+            time.sleep(fault.seconds)
+            self.close_connection = True
+            return
         if fault is not None and fault.kind != "slow":
             self._misbehave(vendor, request, fault)
             return
