@@ -29,7 +29,9 @@ from orchestrator.rewards import ON_HOLD, Rewards, describe
 from orchestrator.settings import Settings
 from orchestrator.state import Store
 
-console = Console()
+# Piped to a file or to grep, a table keeps its rows whole rather than fit 80
+# columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 EXIT_USAGE = 2
 EXIT_REFUSED = 1
 
@@ -139,10 +141,10 @@ def _show(entries: list[Entry], output: str, empty: str) -> None:
         console.print(empty)
         return
     table = Table(box=None, pad_edge=False)
-    columns = ("id", "playbook", "party", "user", "grant", "state", "due")
-    for column in columns:
-        table.add_column(column, no_wrap=True)
-    table.add_column("reason", overflow="fold")
+    # Ids are copied into `approve` and `reject`: never shortened.
+    table.add_column("id", no_wrap=True, min_width=35)
+    for column in ("playbook", "party", "user", "grant", "state", "due", "reason"):
+        table.add_column(column, overflow="fold")
     for row in rows:
         due = row["due_ms"]
         table.add_row(
