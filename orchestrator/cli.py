@@ -455,6 +455,8 @@ def _print_report(report: local.Report, sent_words: str) -> None:
         summary.add_row(label, str(count))
     console.print(summary)
     console.print(_playbook_outcomes(report))
+    if report.loop:
+        console.print(_loop_table(report))
     if report.deferred:
         times = sorted(until for _, _, until in report.deferred if until)
         first, last = (_utc(times[0]), _utc(times[-1])) if times else ("?", "?")
@@ -483,6 +485,30 @@ def _playbook_outcomes(report: local.Report) -> Table:
             reasons or "-",
             str(tally.get("dead", 0)),
         )
+    return table
+
+
+def _loop_table(report: local.Report) -> Table:
+    """Invites the product reported, and what attribution made of them."""
+    table = Table(title="Referrals", title_justify="left", box=None, pad_edge=False)
+    table.add_column("")
+    table.add_column("count", justify="right")
+    loop = report.loop
+    refused = {
+        name.split(":", 1)[1]: n
+        for name, n in loop.items()
+        if name.startswith("refused:")
+    }
+    accepted = loop.get("invite_accepted", 0)
+    rows = [
+        ("invites sent", loop.get("invite_sent", 0)),
+        ("invites accepted", accepted),
+        ("  credited to a referrer", accepted - sum(refused.values())),
+        *((f"  not credited: {reason}", n) for reason, n in sorted(refused.items())),
+        ("invitees activated", loop.get("invitee_activated", 0)),
+    ]
+    for label, count in rows:
+        table.add_row(label, str(count))
     return table
 
 

@@ -58,6 +58,7 @@ class Report:
     outcomes: dict[str, int] = field(default_factory=dict)
     deferred: list[tuple[str, str, int]] = field(default_factory=list)
     by_playbook: dict[str, dict[str, int]] = field(default_factory=dict)
+    loop: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     def count(self, outcome: str) -> int:
@@ -209,6 +210,7 @@ def _summarise(engine: Engine, report: Report, deferred: list[str]) -> None:
             tally[name] = tally.get(name, 0) + 1
             report.outcomes[entry.outcome] = report.outcomes.get(entry.outcome, 0) + 1
         report.by_playbook[playbook_id] = tally
+    report.loop = engine.loop.attribution.counts()
     for key in deferred:
         record = engine.ledger.get(key)
         if record is not None:
