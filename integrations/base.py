@@ -224,6 +224,10 @@ class GrantRequest:
     grant: str
     amount: int | None = None
     for_s: int | None = None
+    # Unused, the grant lapses this many seconds after it is given.
+    expires_s: int | None = None
+    # The playbook's line for the grant record, for the product to show.
+    note: str | None = None
 
 
 @runtime_checkable

@@ -45,7 +45,7 @@ from orchestrator.errors import (
     TransientError,
 )
 from orchestrator.ledger import FINAL, GRANTS, Entry, Ledger, Outcome, Reservation
-from orchestrator.model import Grant, Playbook, RewardPolicy
+from orchestrator.model import Grant, Playbook, Reward, RewardPolicy
 from orchestrator.state import Store
 from orchestrator.units import Cap
 
@@ -123,7 +123,7 @@ class Rewards:
             if grant is None or not user:
                 continue
             gid = grant_id(playbook.id, party, credit.invitee)
-            about = _about(playbook, party, user, credit, grant, at, due_ms)
+            about = _about(playbook, reward, party, user, credit, grant, at, due_ms)
             is_new = self.ledger.open(gid, about)
             entry = None if is_new else self.ledger.get(gid)
             if not is_new and (entry is None or entry.outcome != Outcome.SCHEDULED):
@@ -465,6 +465,7 @@ def _refusal(reason: str) -> str:
 
 def _about(
     playbook: Playbook,
+    reward: Reward,
     party: Party,
     user: str,
     credit: Credit,
@@ -489,11 +490,16 @@ def _about(
         about["amount"] = str(grant.amount)
     if grant.for_ is not None:
         about["for_s"] = str(int(grant.for_.total_seconds()))
+    if reward.expires is not None:
+        about["expires_s"] = str(int(reward.expires.total_seconds()))
+    if grant.note:
+        about["note"] = grant.note
     return about
 
 
 def _request(gid: str, fields: Mapping[str, str]) -> GrantRequest:
     amount, for_s = fields.get("amount"), fields.get("for_s")
+    expires_s = fields.get("expires_s")
     return GrantRequest(
         idempotency_key=gid,
         playbook_id=fields.get("playbook", ""),
@@ -502,6 +508,8 @@ def _request(gid: str, fields: Mapping[str, str]) -> GrantRequest:
         grant=fields.get("grant", ""),
         amount=int(amount) if amount else None,
         for_s=int(for_s) if for_s else None,
+        expires_s=int(expires_s) if expires_s else None,
+        note=fields.get("note") or None,
     )
 
 

@@ -73,9 +73,10 @@ reinforcement:
         body: "Your reward is on. Invite again: {{{{ invite.link }}}}"
 reward:
   earned_on: invitee_activated
-  referrer: {{grant: guest_seats, amount: 2}}
+  referrer: {{grant: guest_seats, amount: 2, note: Two seats for a reviewer.}}
   invitee: {{grant: onboarding_session}}
   hold: 7d
+  expires: 180d
   approval: {approval}
   caps:
     per_referrer: {per_referrer}

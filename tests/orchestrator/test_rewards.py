@@ -52,6 +52,8 @@ def test_a_reward_is_held_then_granted_once_to_each_party(rig: Rig):
     by_user = {g.user_id: g for g in rig.target.grants}
     assert len(rig.target.grants) == 2
     assert (by_user["u-ref"].grant, by_user["u-ref"].amount) == ("guest_seats", 2)
+    assert by_user["u-ref"].note == "Two seats for a reviewer."
+    assert by_user["u-ref"].expires_s == 180 * 86_400
     assert by_user["u-new"].grant == "onboarding_session"
     assert by_user["u-ref"].idempotency_key == referrer_grant("u-new")
     assert rig.grant_of(referrer_grant("u-new")).outcome == Outcome.SENT
