@@ -192,9 +192,11 @@ def declare(broker: dramatiq.Broker) -> Actors:
         try:
             fired = _current().give(grant_id)
         except GrantRetry as retry:
+            # Waiting is not failing: a grant waits for its target as long as it
+            # takes (grants are few), and only failures use up its retries.
             options = _options()
             waited = int(options.get("waited_ms", 0))
-            if not retry.counts and waited + retry.delay_ms <= DELIVER_MAX_WAIT_MS:
+            if not retry.counts:
                 declared.grant.send_with_options(
                     args=(grant_id,),
                     delay=retry.delay_ms or None,

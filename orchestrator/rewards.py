@@ -352,6 +352,7 @@ class Rewards:
     def _send(self, gid: str, lease: str, entry: Entry) -> Outcome:
         target = self.target
         if target is None:
+            logger.warning("Grant %s waits: no reward target is set up.", gid)
             self.ledger.release(gid, lease, "no reward target is set up")
             raise GrantRetry(
                 NOT_CONFIGURED_RETRY_MS, "no reward target is set up", counts=False
@@ -359,6 +360,7 @@ class Rewards:
         try:
             sent = target.grant(_request(gid, entry.fields))
         except ConfigurationError as exc:
+            logger.warning("Grant %s waits: %s.", gid, exc)
             self.ledger.release(gid, lease, f"{target.name}: {exc}")
             raise GrantRetry(NOT_CONFIGURED_RETRY_MS, str(exc), counts=False) from exc
         except TransientError as exc:

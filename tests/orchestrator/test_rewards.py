@@ -376,3 +376,35 @@ def test_reinforcements_count_against_the_same_caps(store: Store, tmp_path: Path
         if entry.fields.get("step") == "reinforcement:collaboration_completed"
     ]
     assert held == ["cap:workspace_per_user:1 per 7d"]
+
+
+def test_a_grant_given_is_exported_to_the_analytics_sink_once(store: Store, rig: Rig):
+    from integrations.base import LoopEvent
+    from orchestrator.journal import Journal
+
+    class Sink:
+        name = "sink"
+
+        def __init__(self) -> None:
+            self.events: list[LoopEvent] = []
+
+        def record(self, events: list[LoopEvent]) -> None:
+            self.events += events
+
+    sink = Sink()
+    journal = Journal(store)
+    rig.engine.journal = rig.engine.loop.journal = journal
+    rig.engine.sink = sink
+    invite(rig, "u-ref", "u-new")
+    rig.later(days=8)
+    rig.settle()
+    rig.engine.give(referrer_grant("u-new"))
+
+    rig.engine.export_journal()
+
+    granted = [e for e in sink.events if e.name == "referloop reward granted"]
+    assert sorted(e.user_id for e in granted) == ["u-new", "u-ref"]
+    seats = next(e for e in granted if e.user_id == "u-ref")
+    assert seats.properties["playbook"] == PLAYBOOK_ID
+    assert seats.properties["step"] == "reward:referrer"
+    assert seats.insert_id == f"{referrer_grant('u-new')}:granted"
