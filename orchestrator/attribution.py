@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -601,6 +602,8 @@ def _as_ms(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
+        if not math.isfinite(value) or not 0 < value < 10**14:
+            return None
         return int(value * 1000) if value < 10**11 else int(value)
     if not isinstance(value, str) or not re.match(r"^\d{4}-\d{2}-\d{2}", value):
         return None

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from orchestrator.state import Store
 from orchestrator.tokens import InviteSigner
@@ -267,3 +269,54 @@ def test_loop_events_hold_ids_and_reasons_only(rig: Rig):
     accepted = next(e for e in loop_events(rig) if e["kind"] == "invite_accepted")
     assert accepted["referrer"] == "u-ref"
     assert accepted["invitee"] == "u-new"
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(
+        [
+            "invite_sent",
+            "invite_accepted",
+            "invitee_activated",
+            "invitee_removed",
+            "invite_reversed",
+            "collaboration_completed",
+        ]
+    ),
+    props=st.dictionaries(
+        st.sampled_from(["token", "invite_id", "existing_member", "other"]),
+        _VALUES,
+        max_size=4,
+    ),
+    user=st.dictionaries(
+        st.sampled_from(["email", "created_at", "activated_at", "joined_at"]),
+        _VALUES,
+        max_size=4,
+    ),
+)
+@example(
+    name="invite_accepted",
+    props={"invite_id": "inv-1", "token": 7},
+    user={"created_at": float("inf"), "email": ["a@b.c"]},
+)
+@example(name="invitee_activated", props={}, user={"activated_at": float("nan")})
+def test_whatever_an_invite_event_carries_is_judged_without_failing(
+    rig: Rig, name: str, props: dict[str, object], user: dict[str, object]
+):
+    rig.event("invite_sent", "u-ref", props={"invite_id": "inv-1"})
+
+    rig.event(name, "u-any", props=props, **user)
+
+    counts = rig.engine.loop.attribution.counts()
+    assert all(value >= 0 for value in counts.values())
