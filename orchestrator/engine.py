@@ -921,6 +921,7 @@ def _about(playbook: Playbook, occurrence: Occurrence) -> dict[str, str]:
         "account": occurrence.account_id,
         "occurrence": occurrence.occurrence_id,
         "channel": render.nudge_of(playbook, occurrence.step).channel,
+        "variant": render.nudge_of(playbook, occurrence.step).variant,
     }
 
 

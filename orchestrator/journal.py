@@ -152,6 +152,8 @@ def _event(note: tuple[Kind, str, str, int], entry: Entry | None) -> LoopEvent |
     }
     if fields.get("account"):
         properties["account_id"] = fields["account"]
+    if fields.get("variant"):
+        properties["variant"] = fields["variant"]
     if reason:
         properties["reason"] = reason
     return LoopEvent(

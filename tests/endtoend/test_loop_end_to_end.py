@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from vendor_rig import SIGNING_KEY
+from vendor_rig import SIGNING_KEY, write_playbooks
 
 from integrations.webhook import sign
 from orchestrator import actors
@@ -40,17 +40,6 @@ from tests.orchestrator.web_rig import serving
 
 EVENT_SECRET = "loop-e2e-event-secret-0123456789abcdefgh"
 PLAYBOOK_ID = "pack-reviewers"
-
-WORKSPACE = """\
-name: loop end to end
-time_zone: UTC
-activation:
-  property: user.activated_at
-fields:
-  user:
-    first_name: Ada
-    activated_at: "2026-01-01"
-"""
 
 PLAYBOOK = """\
 id: pack-reviewers
@@ -120,8 +109,7 @@ def test_a_worker_killed_between_grant_and_answer_gives_the_grant_once(
     sim: Simulator, redis_url: str, tmp_path: Path
 ) -> None:
     folder = tmp_path / "playbooks"
-    folder.mkdir()
-    (folder / "referloop.yaml").write_text(WORKSPACE)
+    write_playbooks(folder, {})
     (folder / f"{PLAYBOOK_ID}.yaml").write_text(PLAYBOOK)
     namespace = f"referloop-loop-{uuid.uuid4().hex[:8]}"
     env = {

@@ -54,6 +54,7 @@ def test_a_sent_and_a_held_nudge_become_events_with_ids_only(store, tmp_path):
     assert by_user["u-1"].name == EVENT_NAMES["sent"]
     assert by_user["u-1"].insert_id == f"{sent[0]}:sent"
     assert by_user["u-1"].properties["channel"] == "intercom"
+    assert by_user["u-1"].properties["variant"] == "a"
     assert by_user["u-2"].name == EVENT_NAMES["held"]
     assert by_user["u-2"].properties["reason"] == "not_activated"
     for event in events:
@@ -63,6 +64,7 @@ def test_a_sent_and_a_held_nudge_become_events_with_ids_only(store, tmp_path):
             "step",
             "channel",
             "account_id",
+            "variant",
             "reason",
         }
         assert "Ada" not in str(event.properties)
