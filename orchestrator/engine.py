@@ -245,11 +245,9 @@ class Engine:
         which decides nothing twice (delivery keys are kept once), so a request
         retried after a lost answer loses nothing and repeats nothing.
         """
-        ids = []
-        for event in events:
-            occurrence = occurrences.from_event(event)
-            self.occurrences.save(occurrence)
-            ids.append(occurrence.occurrence_id)
+        found = [occurrences.from_event(event) for event in events]
+        self.occurrences.save_many(found)
+        ids = [occurrence.occurrence_id for occurrence in found]
         if ids:
             decide(ids)
 

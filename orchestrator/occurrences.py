@@ -21,6 +21,15 @@ from orchestrator.state import Store
 
 TTL_S = 30 * 86_400
 
+# Keep each record whose key is free, with its expiry: one command for a batch,
+# where a pipeline of SETs costs the client a command each to pack and parse.
+_SAVE_NEW = """
+for index, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[index + 1], 'NX', 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
 
 @dataclass(frozen=True)
 class Occurrence:
@@ -106,6 +115,7 @@ class Occurrences:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._save_new = store.redis.register_script(_SAVE_NEW)
 
     def save(self, occurrence: Occurrence) -> bool:
         """Keep `occurrence`; False when its id holds a different record."""
@@ -117,6 +127,14 @@ class Occurrences:
         # or the same event reported again; deciding again is harmless either way,
         # because the ledger opens each delivery once.
         return self.store.redis.get(key) == record
+
+    def save_many(self, found: Sequence[Occurrence]) -> None:
+        """Keep each occurrence whose id is free, in one command."""
+        if not found:
+            return
+        keys = [self.store.key("occurrence", o.occurrence_id) for o in found]
+        records = [json.dumps(_to_record(o), separators=(",", ":")) for o in found]
+        self._save_new(keys=keys, args=[TTL_S, *records])
 
     def load(self, occurrence_id: str) -> Occurrence | None:
         return self.load_many([occurrence_id])[0]

@@ -19,6 +19,7 @@ client sends gets a 2xx or a 4xx with a reason, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -69,6 +70,8 @@ SIGNATURE_HEADER = "Referloop-Signature"
 REPLAY_WINDOW_S = 300.0
 MAX_EVENTS = 1_000
 MAX_EVENTS_BYTES = 1024 * 1024
+# Requests written together hold at most this many events.
+MAX_GROUP_EVENTS = 2_000
 WEB_REDIS_RETRIES = 2
 WEB_REDIS_TIMEOUT_S = 2.0
 # A page holds at most 1,000 members with a few properties each.
@@ -222,6 +225,7 @@ class EventsReceiver:
         self.declared = declared
         self.signing_secrets = secret_list(signing_secrets)
         self.tolerance_s = tolerance_s
+        self.writer = GroupWriter(self._store)
 
     async def receive(self, request: Request) -> JSONResponse:
         body = await _read_capped(request, MAX_EVENTS_BYTES)
@@ -254,14 +258,77 @@ class EventsReceiver:
                 status_code=400,
             )
         try:
-            await run_in_threadpool(
-                self.engine.ingest_events, events, self.declared.decide_all
-            )
+            await self.writer.write(events)
         except (redis.RedisError, OSError):
             logger.warning("Product events not stored: Redis.")
             return _refusal("referloop cannot store them now; send them again", 503)
-        logger.info("Took %d product events (%d refused).", len(events), len(refused))
+        if refused:
+            logger.info(
+                "Took %d product events, refused %d.", len(events), len(refused)
+            )
+        else:
+            logger.debug("Took %d product events.", len(events))
         return JSONResponse({"accepted": len(events), "rejected": refused})
+
+    def _store(self, events: list[ProductEvent]) -> None:
+        self.engine.ingest_events(events, self.declared.decide_all)
+
+
+class GroupWriter:
+    """Store the events of requests that arrive together in one round of writes.
+
+    Each request waits until its events are stored, so an answer still means
+    "kept"; but while one group is being written, the requests that arrive join
+    the next, which is written in one pipeline and one enqueue. Under load the
+    Redis round trips and the hand-offs to a thread are shared by the group.
+    A failed write fails every request of its group, and each may be sent again.
+    """
+
+    def __init__(self, store: Callable[[list[ProductEvent]], None]) -> None:
+        self._store = store
+        self._pending: list[tuple[list[ProductEvent], asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def write(self, events: list[ProductEvent]) -> None:
+        """Return once `events` are stored; raise what storing them raised."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((events, done))
+        if self._flushing is None:
+            self._flushing = loop.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                # Requests already read in this turn of the loop join the group.
+                await asyncio.sleep(0)
+                group = self._take()
+                events = [event for part, _ in group for event in part]
+                try:
+                    await run_in_threadpool(self._store, events)
+                except Exception as exc:
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in group:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._flushing = None
+
+    def _take(self) -> list[tuple[list[ProductEvent], asyncio.Future[None]]]:
+        """The oldest requests, up to MAX_GROUP_EVENTS events (at least one)."""
+        taken: list[tuple[list[ProductEvent], asyncio.Future[None]]] = []
+        count = 0
+        while self._pending and (
+            not taken or count + len(self._pending[0][0]) <= MAX_GROUP_EVENTS
+        ):
+            item = self._pending.pop(0)
+            taken.append(item)
+            count += len(item[0])
+        return taken
 
 
 def _read_events(body: bytes) -> list[ProductEvent | Rejected] | str:

@@ -6,6 +6,7 @@ ledger: one delivery per event, however often the request came.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 import dramatiq
 import httpx
 import pytest
+import redis
 from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from web_rig import free_port, serving
 
+from integrations.base import ProductEvent
+from integrations.filesource import read_event
 from integrations.webhook import sign
 from orchestrator import actors, web
 from orchestrator.engine import Engine
@@ -32,7 +36,14 @@ from orchestrator.loader import load
 from orchestrator.settings import Settings
 from orchestrator.state import Store
 from orchestrator.tokens import InviteSigner
-from orchestrator.web import EVENTS_PATH, SIGNATURE_HEADER, EventsReceiver, create_app
+from orchestrator.web import (
+    EVENTS_PATH,
+    MAX_GROUP_EVENTS,
+    SIGNATURE_HEADER,
+    EventsReceiver,
+    GroupWriter,
+    create_app,
+)
 
 NEW_SECRET = "events-secret-new-0123456789abcdefghij"
 OLD_SECRET = "events-secret-old-0123456789abcdefghij"
@@ -314,3 +325,79 @@ def test_events_that_cannot_be_stored_get_a_503_to_send_again(
     assert answer.status_code == 503
     assert "send them again" in answer.json()["error"]
     assert took_s < 10
+
+
+def test_requests_that_arrive_together_are_each_kept_once(rig: Rig) -> None:
+    """Forty requests at once, some of them the same request twice: each is
+    answered only once its events are stored, and each event fires once."""
+    bodies = [json.dumps(event(f"evt-{n}", user=f"user-{n:02d}")) for n in range(30)]
+    bodies += bodies[:10]
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=rig.url, timeout=10) as client:
+
+            async def post(content: str) -> httpx.Response:
+                header = sign(NEW_SECRET, content.encode(), time.time())
+                headers = {SIGNATURE_HEADER: header}
+                return await client.post(EVENTS_PATH, content=content, headers=headers)
+
+            return await asyncio.gather(*(post(body) for body in bodies))
+
+    answers = asyncio.run(post_all())
+    rig.settle()
+
+    assert [a.json() for a in answers] == [{"accepted": 1, "rejected": []}] * 40
+    assert rig.delivered_users() == [f"user-{n:02d}" for n in range(30)]
+
+
+def test_a_group_is_stored_in_one_write_and_fails_as_one() -> None:
+    """Writes that wait together are stored together; when storing fails, each
+    request of that group learns it, and the next group is written afresh."""
+    stored: list[list[str]] = []
+    failing = {"evt-boom"}
+
+    def store(events: list[ProductEvent]) -> None:
+        ids = [e.event_id for e in events]
+        if failing & set(ids):
+            raise redis.ConnectionError("Redis went away")
+        stored.append(ids)
+
+    writer = GroupWriter(store)
+
+    def one(event_id: str) -> list[ProductEvent]:
+        read = read_event("event", event(event_id))
+        assert isinstance(read, ProductEvent)
+        return [read]
+
+    async def scenario() -> list[BaseException | None]:
+        first = [writer.write(one(f"evt-{n}")) for n in range(5)]
+        results = await asyncio.gather(*first, return_exceptions=True)
+        second = [writer.write(one("evt-boom")), writer.write(one("evt-5"))]
+        results += await asyncio.gather(*second, return_exceptions=True)
+        results.append(await writer.write(one("evt-6")))
+        return results
+
+    results = asyncio.run(scenario())
+
+    assert results[:5] == [None] * 5
+    assert [type(r) for r in results[5:7]] == [redis.ConnectionError] * 2
+    assert results[7] is None
+    assert stored == [[f"evt-{n}" for n in range(5)], ["evt-6"]]
+
+
+def test_a_group_holds_at_most_its_limit_of_events() -> None:
+    sizes: list[int] = []
+    writer = GroupWriter(lambda events: sizes.append(len(events)))
+    big = read_event("event", event("evt-big"))
+    assert isinstance(big, ProductEvent)
+
+    async def scenario() -> None:
+        batches = [[big] * 600 for _ in range(5)] + [[big] * (MAX_GROUP_EVENTS + 1)]
+        await asyncio.gather(*(writer.write(batch) for batch in batches))
+
+    asyncio.run(scenario())
+
+    # Three of 600 fit under 2,000; the rest go on, and a request larger than
+    # the limit is written alone rather than refused.
+    assert sizes == [1_800, 1_200, MAX_GROUP_EVENTS + 1]
+    assert sum(sizes) == 5 * 600 + MAX_GROUP_EVENTS + 1
