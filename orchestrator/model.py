@@ -690,6 +690,53 @@ class RewardPolicy(_Strict):
     )
 
 
+class MetricsEvents(_Strict):
+    """The product's names for the loop's events, as its analytics export has them."""
+
+    invite_sent: str = Field("invite_sent", description="The referrer sent an invite.")
+    invite_accepted: str = Field(
+        "invite_accepted", description="The invitee accepted (the user is the invitee)."
+    )
+    invitee_activated: str = Field(
+        "invitee_activated", description="The invitee reached activation."
+    )
+    user_activated: str | None = Field(
+        None,
+        description="Any user's own activation, for loop time (e.g. `Activated`).",
+    )
+
+
+class MetricsSettings(_Strict):
+    """How `referloop report` reads an analytics export and follows each user."""
+
+    window: Duration = Field(
+        default=timedelta(days=28),
+        description="How long each exposed user is followed from their first "
+        "decision: invites, acceptances and activations after it are counted.",
+    )
+    events: MetricsEvents = Field(default_factory=MetricsEvents)
+    referrer_property: str = Field(
+        "referrer_id",
+        min_length=1,
+        description="The property of accepted and activated events that names "
+        "who invited the user.",
+    )
+    account_property: str = Field(
+        "account_id", min_length=1, description="The property that names the account."
+    )
+
+    def event_kinds(self) -> dict[str, str]:
+        """The export's event names, each with the funnel kind it stands for."""
+        kinds = {
+            self.events.invite_sent: "invite_sent",
+            self.events.invite_accepted: "invite_accepted",
+            self.events.invitee_activated: "invitee_activated",
+        }
+        if self.events.user_activated:
+            kinds[self.events.user_activated] = "user_activated"
+        return kinds
+
+
 class Workspace(_Strict):
     """What spans all playbooks: global caps, defaults, vendors, the invite URL."""
 
@@ -709,6 +756,7 @@ class Workspace(_Strict):
     )
     vendors: Vendors = Field(default_factory=Vendors)
     rewards: RewardPolicy = Field(default_factory=RewardPolicy)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     fields: Fields = Field(default_factory=Fields)
 
 
