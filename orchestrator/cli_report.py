@@ -4,6 +4,7 @@ referloop report --events export.jsonl          a Mixpanel raw export
 referloop report                                referloop's own records (REDIS_URL)
 referloop report --by channel --by variant      slices too
 referloop report --format markdown              for a pull request
+referloop report --html report.html             one page with charts, offline
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from orchestrator import metrics
+from orchestrator import metrics, report_html
 from orchestrator import report as reports
 from orchestrator.loader import load
 from orchestrator.model import MetricsSettings
@@ -62,8 +63,18 @@ console = Console(width=None if sys.stdout.isatty() else 160)
     type=click.Choice(["text", "json", "csv", "markdown"]),
     default="text",
 )
+@click.option(
+    "--html",
+    "page",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the report as one HTML page with charts (viewable offline).",
+)
 def report(
-    exports: tuple[Path, ...], folder: Path, dimensions: tuple[str, ...], output: str
+    exports: tuple[Path, ...],
+    folder: Path,
+    dimensions: tuple[str, ...],
+    output: str,
+    page: Path | None,
 ) -> None:
     """The loop's funnel, rates, K-factor, loop time, and lift over the holdout."""
     catalog = load([folder])
@@ -94,6 +105,9 @@ def report(
     finally:
         funnel.close()
     _print(result, dimensions, output)
+    if page is not None:
+        page.write_text(report_html.page(result), encoding="utf-8")
+        click.echo(f"Wrote {page}.", err=True)
 
 
 def _read(

@@ -70,6 +70,18 @@ OWN_EVENTS = {
 }
 HOLDOUT = "holdout"
 DIMENSIONS = ("channel", "variant", "cohort_week")
+# The loop-time distribution's bins: upper bounds in hours, and their labels.
+LOOP_BINS = (
+    (1, "under 1 h"),
+    (6, "1-6 h"),
+    (24, "6-24 h"),
+    (48, "1-2 d"),
+    (72, "2-3 d"),
+    (168, "3-7 d"),
+    (336, "1-2 wk"),
+    (672, "2-4 wk"),
+    (math.inf, "4 wk or more"),
+)
 
 Progress = Callable[[str], None]
 
@@ -166,6 +178,8 @@ class LoopTime:
     referrers: int = 0
     median_s: float = math.nan
     p90_s: float = math.nan
+    # Referrers per bin of LOOP_BINS, in order.
+    histogram: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -553,7 +567,22 @@ def _loop_time(db: duckdb.DuckDBPyConnection, playbook: str) -> LoopTime:
     ).fetchone()
     if not row or not row[0]:
         return LoopTime()
-    return LoopTime(int(row[0]), float(row[1]), float(row[2]))
+    cases = " ".join(
+        f"WHEN seconds < {int(hours * 3600)} THEN {index}"
+        for index, (hours, _) in enumerate(LOOP_BINS[:-1])
+    )
+    binned = db.execute(
+        f"""
+        SELECT CASE {cases} ELSE {len(LOOP_BINS) - 1} END AS bin, count(*)
+        FROM loops {where} GROUP BY bin
+        """,  # noqa: S608 - numbers and a fixed clause
+        [playbook] if playbook else [],
+    ).fetchall()
+    counts = {int(b): int(n) for b, n in binned}
+    histogram = tuple(
+        (label, counts.get(index, 0)) for index, (_, label) in enumerate(LOOP_BINS)
+    )
+    return LoopTime(int(row[0]), float(row[1]), float(row[2]), histogram)
 
 
 def _share(part: int, whole: int) -> float:

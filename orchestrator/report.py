@@ -26,6 +26,7 @@ METRICS = (
     ("activation", "activation"),
     ("k_factor", "K-factor"),
 )
+METRIC_NAMES = dict(METRICS)
 VERDICT_WORDS = {
     "lift": "real lift",
     "harm": "real harm",
@@ -92,9 +93,9 @@ def as_markdown(report: Report) -> str:
         for name, arm in (("nudged", segment.nudged), ("holdout", segment.holdout)):
             lines.append(
                 f"| {segment.playbook} | {name} | {arm.users:,} | "
-                f"{_pct(arm.invite_rate)} | {_num(arm.invites_per_inviter)} | "
-                f"{_pct(arm.acceptance)} | {_pct(arm.activation)} | "
-                f"{_num(arm.k_factor, 3)} |"
+                f"{percent(arm.invite_rate)} | {number(arm.invites_per_inviter)} | "
+                f"{percent(arm.acceptance)} | {percent(arm.activation)} | "
+                f"{number(arm.k_factor, 3)} |"
             )
     lines += [
         "",
@@ -104,8 +105,8 @@ def as_markdown(report: Report) -> str:
     for segment in report.playbooks:
         for lift in segment.lifts:
             lines.append(
-                f"| {segment.playbook} | {_metric_name(lift.metric)} | "
-                f"{_signed(lift)} | {_interval(lift)} | {_verdict(lift)} |"
+                f"| {segment.playbook} | {metric_name(lift.metric)} | "
+                f"{signed(lift)} | {interval(lift)} | {verdict(lift)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -177,11 +178,11 @@ def arms_table(segments: Iterable[Segment], title: str) -> Table:
                 label,
                 name,
                 _int(arm.users),
-                _pct(arm.invite_rate),
-                _num(arm.invites_per_inviter),
-                _pct(arm.acceptance),
-                _pct(arm.activation),
-                _num(arm.k_factor, 3),
+                percent(arm.invite_rate),
+                number(arm.invites_per_inviter),
+                percent(arm.acceptance),
+                percent(arm.activation),
+                number(arm.k_factor, 3),
             )
     return table
 
@@ -199,10 +200,10 @@ def _lift_table(segments: Iterable[Segment]) -> Table:
         for lift in segment.lifts:
             table.add_row(
                 segment.playbook,
-                _metric_name(lift.metric),
-                _signed(lift),
-                _interval(lift),
-                _verdict(lift),
+                metric_name(lift.metric),
+                signed(lift),
+                interval(lift),
+                verdict(lift),
             )
     return table
 
@@ -221,7 +222,7 @@ def _loop_time_table(report: Report) -> Table:
     rows += sorted(report.loop_time_by_playbook.items())
     for name, loop in rows:
         table.add_row(
-            name, _int(loop.referrers), _duration(loop.median_s), _duration(loop.p90_s)
+            name, _int(loop.referrers), duration(loop.median_s), duration(loop.p90_s)
         )
     return table
 
@@ -343,7 +344,7 @@ def _loop_dict(loop: LoopTime) -> dict[str, Any]:
     }
 
 
-def _verdict(lift: Lift) -> str:
+def verdict(lift: Lift) -> str:
     words = VERDICT_WORDS[lift.verdict]
     waiting = ("not distinguishable yet", "too few users yet")
     if lift.verdict in waiting and lift.users_needed:
@@ -351,11 +352,11 @@ def _verdict(lift: Lift) -> str:
     return words
 
 
-def _metric_name(metric: str) -> str:
-    return dict(METRICS).get(metric, metric)
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
 
 
-def _signed(lift: Lift) -> str:
+def signed(lift: Lift) -> str:
     value = lift.difference.estimate
     if math.isnan(value):
         return "-"
@@ -364,7 +365,7 @@ def _signed(lift: Lift) -> str:
     return f"{value * 100:+.1f} pts"
 
 
-def _interval(lift: Lift) -> str:
+def interval(lift: Lift) -> str:
     low, high = lift.difference.low, lift.difference.high
     if math.isnan(low) or math.isnan(high):
         return "-"
@@ -373,11 +374,11 @@ def _interval(lift: Lift) -> str:
     return f"{low * 100:+.1f} to {high * 100:+.1f}"
 
 
-def _pct(value: float) -> str:
+def percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{value * 100:.1f}%"
 
 
-def _num(value: float, digits: int = 2) -> str:
+def number(value: float, digits: int = 2) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
@@ -385,7 +386,7 @@ def _int(value: int) -> str:
     return f"{value:,}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if math.isnan(seconds):
         return "-"
     if seconds >= 86_400:
