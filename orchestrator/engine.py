@@ -375,7 +375,8 @@ class Engine:
         sent once. One decided before is a redelivered message: left alone.
         """
         keyed = [(_key_of(p, o), p, o) for p, o in fired]
-        abouts = [(key, _about(p, o)) for key, p, o in keyed]
+        segment = self.workspace.metrics.segment_property
+        abouts = [(key, _about(p, o, segment)) for key, p, o in keyed]
         opened = self.ledger.open_many(abouts) if abouts else []
 
         again = [key for (key, _, _), new in zip(keyed, opened, strict=True) if not new]
@@ -867,6 +868,8 @@ class Engine:
         return self.store.key("reentry", playbook_id, user_id)
 
 
+# A segment is a label (a plan, a size band): a long one is cut, not kept whole.
+MAX_SEGMENT_CHARS = 64
 CAP_SCOPES = ("workspace_per_user", "workspace_per_account", "per_user", "per_account")
 
 
@@ -910,17 +913,27 @@ def _step_delay(playbook: Playbook, step: str) -> timedelta | None:
     return None
 
 
-def _about(playbook: Playbook, occurrence: Occurrence) -> dict[str, str]:
-    """What the ledger record says of a delivery: ids only."""
-    return {
+def _about(
+    playbook: Playbook, occurrence: Occurrence, segment_property: str
+) -> dict[str, str]:
+    """What the ledger record says of a delivery: ids, what triggered it and when,
+    and the account's segment (a plan or a size band, never a person's data)."""
+    nudge = render.nudge_of(playbook, occurrence.step)
+    about = {
         "playbook": playbook.id,
         "step": occurrence.step,
         "user": occurrence.user_id,
         "account": occurrence.account_id,
         "occurrence": occurrence.occurrence_id,
-        "channel": render.nudge_of(playbook, occurrence.step).channel,
-        "variant": render.nudge_of(playbook, occurrence.step).variant,
+        "channel": nudge.channel,
+        "variant": nudge.variant,
+        "trigger": occurrence.kind,
+        "trigger_ms": str(_ms(occurrence.time)),
     }
+    segment = occurrence.facts.account.get(segment_property)
+    if isinstance(segment, str | int | float) and not isinstance(segment, bool):
+        about["segment"] = str(segment)[:MAX_SEGMENT_CHARS]
+    return about
 
 
 def _is_scheduled(entry: Entry | None) -> bool:

@@ -154,6 +154,12 @@ def _event(note: tuple[Kind, str, str, int], entry: Entry | None) -> LoopEvent |
         properties["account_id"] = fields["account"]
     if fields.get("variant"):
         properties["variant"] = fields["variant"]
+    if fields.get("trigger"):
+        properties["trigger"] = fields["trigger"]
+    if fields.get("trigger_ms", "").isdigit():
+        properties["trigger_time"] = int(fields["trigger_ms"]) // 1000
+    if fields.get("segment"):
+        properties["account_segment"] = fields["segment"]
     if reason:
         properties["reason"] = reason
     return LoopEvent(

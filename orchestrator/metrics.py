@@ -3,12 +3,16 @@ lift of each playbook over its holdout, computed by DuckDB over one table.
 
 Every source is first read into the **funnel** table, one row per event:
 
-    time, kind, user_id, account_id, referrer, playbook, step, channel, variant, reason
+    time, kind, user_id, account_id, referrer, playbook, step, channel, variant,
+    reason, trigger, trigger_time, segment
 
 with `kind` one of `nudge_sent`, `nudge_held` (with the guardrail as `reason`),
 `invite_sent` (the user is the referrer), `invite_accepted` and
 `invitee_activated` (the user is the invitee, `referrer` who invited them),
-`user_activated` (a user's own activation) and `reward_granted`.
+`user_activated` (a user's own activation) and `reward_granted`. A nudge's
+`trigger` is `event` or `cohort`, with the moment it fired; `segment` is the
+account's segment (a plan, a size band) where the data names one, and any other
+event of an export that names it is kept as `segment_seen` for that alone.
 
 Sources: a Mixpanel raw export (the Export API's JSON lines), where referloop's
 own events (`referloop nudge sent`, ...) sit beside the product's, named as the
@@ -30,7 +34,7 @@ exposed user is followed for the observation window from their first decision:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +53,7 @@ KINDS = (
     "invitee_activated",
     "user_activated",
     "reward_granted",
+    "segment_seen",
 )
 COLUMNS = (
     ("time", "TIMESTAMPTZ"),
@@ -61,6 +66,9 @@ COLUMNS = (
     ("channel", "VARCHAR"),
     ("variant", "VARCHAR"),
     ("reason", "VARCHAR"),
+    ("trigger", "VARCHAR"),
+    ("trigger_time", "TIMESTAMPTZ"),
+    ("segment", "VARCHAR"),
 )
 # referloop's own events, as the journal names them in the analytics vendor.
 OWN_EVENTS = {
@@ -69,7 +77,10 @@ OWN_EVENTS = {
     "referloop reward granted": "reward_granted",
 }
 HOLDOUT = "holdout"
-DIMENSIONS = ("channel", "variant", "cohort_week")
+UNKNOWN = "unknown"
+# Any other event of the export that names the user's account segment.
+SEGMENT_SEEN = "segment_seen"
+DIMENSIONS = ("channel", "variant", "segment", "cohort_week")
 # The loop-time distribution's bins: upper bounds in hours, and their labels.
 LOOP_BINS = (
     (1, "under 1 h"),
@@ -183,6 +194,19 @@ class LoopTime:
 
 
 @dataclass(frozen=True)
+class TriggerPath:
+    """From a trigger firing to its nudge being sent, for one kind of trigger:
+    `event` (the product event's time) or `cohort` (when referloop saw the user
+    in the cohort). Waits the playbook asks for (a delay, quiet hours) count."""
+
+    playbook: str
+    trigger: str
+    nudges: int
+    median_s: float
+    p90_s: float
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything `referloop report` shows."""
 
@@ -193,6 +217,7 @@ class Report:
     slices: tuple[Segment, ...]
     loop_time: LoopTime
     loop_time_by_playbook: Mapping[str, LoopTime]
+    trigger_paths: tuple[TriggerPath, ...] = ()
     first: datetime | None = None
     last: datetime | None = None
 
@@ -219,6 +244,7 @@ class Funnel:
         mapping = ", ".join(f"('{_quote(k)}', '{v}')" for k, v in names.items())
         referrer = _json_path(settings.referrer_property)
         account = _json_path(settings.account_property)
+        segment = _json_path(settings.segment_property)
         self.db.execute(
             f"""
             INSERT INTO funnel
@@ -229,9 +255,14 @@ class Funnel:
             ),
             names(event, kind) AS (VALUES {mapping}),
             typed AS (
-              SELECT names.kind, raw.properties AS p,
-                     TRY_CAST(json_extract(raw.properties, '$.time') AS DOUBLE) AS t
-              FROM raw JOIN names USING (event)
+              SELECT coalesce(names.kind, '{SEGMENT_SEEN}') AS kind,
+                     raw.properties AS p,
+                     TRY_CAST(json_extract(raw.properties, '$.time') AS DOUBLE) AS t,
+                     TRY_CAST(json_extract(raw.properties, '$.trigger_time')
+                              AS DOUBLE) AS tt
+              FROM raw LEFT JOIN names USING (event)
+              WHERE names.kind IS NOT NULL
+                 OR json_extract_string(raw.properties, '{segment}') IS NOT NULL
             )
             SELECT
               to_timestamp(CASE WHEN t > 1e11 THEN t / 1000 ELSE t END),
@@ -244,7 +275,11 @@ class Funnel:
               json_extract_string(p, '$.step'),
               json_extract_string(p, '$.channel'),
               json_extract_string(p, '$.variant'),
-              json_extract_string(p, '$.reason')
+              json_extract_string(p, '$.reason'),
+              json_extract_string(p, '$.trigger'),
+              to_timestamp(CASE WHEN tt > 1e11 THEN tt / 1000 ELSE tt END),
+              coalesce(json_extract_string(p, '$.account_segment'),
+                       json_extract_string(p, '{segment}'))
             FROM typed
             WHERE t IS NOT NULL AND json_extract_string(p, '$.distinct_id') IS NOT NULL
             """,  # noqa: S608 - names are quoted; the path is a parameter
@@ -252,9 +287,11 @@ class Funnel:
         )
         return self.count() - before
 
-    def add_rows(self, rows: Iterable[Sequence[Any]]) -> int:
-        """Add funnel rows (in the order of COLUMNS); return how many."""
-        batch = list(rows)
+    def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Add funnel rows, each a mapping of COLUMNS' names (absent ones are
+        NULL); return how many."""
+        names = [name for name, _ in COLUMNS]
+        batch = [tuple(row.get(name) for name in names) for row in rows]
         if batch:
             marks = ", ".join("?" for _ in COLUMNS)
             self.db.executemany(f"INSERT INTO funnel VALUES ({marks})", batch)  # noqa: S608
@@ -288,6 +325,8 @@ def compute(
     slices = tuple(s for dimension in DIMENSIONS for s in _segments(db, dimension))
     say("loop time")
     loop_time, by_playbook = _loop_times(db)
+    say("trigger paths")
+    trigger_paths = _trigger_paths(db)
     bounds = db.execute("SELECT min(time), max(time) FROM funnel").fetchone()
     return Report(
         events=funnel.count(),
@@ -297,6 +336,7 @@ def compute(
         slices=slices,
         loop_time=loop_time,
         loop_time_by_playbook=by_playbook,
+        trigger_paths=trigger_paths,
         first=bounds[0] if bounds else None,
         last=bounds[1] if bounds else None,
     )
@@ -343,8 +383,13 @@ def _exposures(db: duckdb.DuckDBPyConnection, window_s: int) -> None:
             ON f.kind = 'invitee_activated' AND f.referrer = a.user_id
            AND f.time >= a.t0 AND f.time < a.t1
           GROUP BY ALL
+        ),
+        segments AS (
+          SELECT user_id, max(segment) AS segment FROM funnel
+          WHERE segment IS NOT NULL GROUP BY user_id
         )
         SELECT a.playbook, a.user_id, a.arm, a.channel, a.variant,
+               coalesce(s.segment, '{UNKNOWN}') AS segment,
                strftime(date_trunc('week', a.t0), '%Y-%m-%d') AS cohort_week,
                coalesce(i.n, 0) AS invites,
                least(coalesce(c.n, 0), coalesce(i.n, 0)) AS accepted,
@@ -354,6 +399,7 @@ def _exposures(db: duckdb.DuckDBPyConnection, window_s: int) -> None:
         LEFT JOIN invites i USING (playbook, user_id)
         LEFT JOIN accepted c USING (playbook, user_id)
         LEFT JOIN activated v USING (playbook, user_id)
+        LEFT JOIN segments s USING (user_id)
         """  # noqa: S608 - numbers and constants only
     )
 
@@ -583,6 +629,30 @@ def _loop_time(db: duckdb.DuckDBPyConnection, playbook: str) -> LoopTime:
         (label, counts.get(index, 0)) for index, (_, label) in enumerate(LOOP_BINS)
     )
     return LoopTime(int(row[0]), float(row[1]), float(row[2]), histogram)
+
+
+def _trigger_paths(db: duckdb.DuckDBPyConnection) -> tuple[TriggerPath, ...]:
+    """Trigger to send, per playbook and kind of trigger, then over all playbooks
+    (as the playbook `""`)."""
+    rows = db.execute(
+        """
+        WITH paths AS (
+          SELECT playbook, trigger, epoch(time) - epoch(trigger_time) AS seconds
+          FROM funnel
+          WHERE kind = 'nudge_sent' AND playbook IS NOT NULL
+            AND trigger IS NOT NULL AND trigger_time IS NOT NULL
+        )
+        SELECT coalesce(playbook, ''), trigger, count(*),
+               quantile_cont(seconds, 0.5), quantile_cont(seconds, 0.9)
+        FROM paths WHERE seconds >= 0
+        GROUP BY GROUPING SETS ((playbook, trigger), (trigger))
+        ORDER BY grouping(playbook), 1, 2
+        """
+    ).fetchall()
+    return tuple(
+        TriggerPath(str(playbook), str(trigger), int(n), float(median), float(p90))
+        for playbook, trigger, n, median, p90 in rows
+    )
 
 
 def _share(part: int, whole: int) -> float:

@@ -724,6 +724,13 @@ class MetricsSettings(_Strict):
     account_property: str = Field(
         "account_id", min_length=1, description="The property that names the account."
     )
+    segment_property: str = Field(
+        "segment",
+        min_length=1,
+        description="The account property that names its segment (a plan, a size "
+        "band), for `referloop report --by segment`: an `account` field of the "
+        "product's events, and a property of the export's events.",
+    )
 
     def event_kinds(self) -> dict[str, str]:
         """The export's event names, each with the funnel kind it stands for."""

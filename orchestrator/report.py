@@ -11,13 +11,14 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 from rich.table import Table
 
 from orchestrator.ledger import Outcome
-from orchestrator.metrics import Arm, Lift, LoopTime, Report, Segment
+from orchestrator.metrics import Arm, Lift, LoopTime, Report, Segment, TriggerPath
 from orchestrator.state import Store
 
 METRICS = (
@@ -34,6 +35,7 @@ VERDICT_WORDS = {
     "too few users yet": "too few users to tell yet",
     "no data": "no data",
 }
+TRIGGER_WORDS = {"event": "product event", "cohort": "cohort sync or poll"}
 SCAN_COUNT = 1_000
 FUNNEL_COLUMNS = (
     "eligible",
@@ -62,6 +64,16 @@ def as_dict(report: Report) -> dict[str, Any]:
         "loop_time_by_playbook": {
             k: _loop_dict(v) for k, v in report.loop_time_by_playbook.items()
         },
+        "trigger_paths": [
+            {
+                "playbook": path.playbook or None,
+                "trigger": path.trigger,
+                "nudges": path.nudges,
+                "median_minutes": path.median_s / 60,
+                "p90_minutes": path.p90_s / 60,
+            }
+            for path in report.trigger_paths
+        ],
     }
 
 
@@ -119,6 +131,8 @@ def tables(report: Report) -> Iterator[Table]:
     yield arms_table(report.playbooks, "The loop, per playbook")
     yield _lift_table(report.playbooks)
     yield _loop_time_table(report)
+    if report.trigger_paths:
+        yield _trigger_path_table(report)
 
 
 def _funnel_table(report: Report) -> Table:
@@ -227,10 +241,37 @@ def _loop_time_table(report: Report) -> Table:
     return table
 
 
+def _trigger_path_table(report: Report) -> Table:
+    table = Table(
+        title="Trigger to send: from the moment a trigger fired to the vendor "
+        "taking the nudge (delays and quiet hours included)",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
+    table.add_column("playbook")
+    table.add_column("trigger")
+    for column in ("nudges", "median", "90th percentile"):
+        table.add_column(column, justify="right")
+    for path in report.trigger_paths:
+        table.add_row(*trigger_path_cells(path))
+    return table
+
+
+def trigger_path_cells(path: TriggerPath) -> list[str]:
+    return [
+        path.playbook or "all playbooks",
+        TRIGGER_WORDS.get(path.trigger, path.trigger),
+        _int(path.nudges),
+        duration(path.median_s),
+        duration(path.p90_s),
+    ]
+
+
 # --- reading referloop's own records -------------------------------------------------
 
 
-def redis_rows(store: Store) -> Iterator[tuple[Any, ...]]:
+def redis_rows(store: Store) -> Iterator[dict[str, Any]]:
     """Funnel rows from the ledger, the loop events and the referrers' records."""
     client = store.redis
     prefix = store.key("ledger", "dk_")
@@ -264,31 +305,39 @@ def redis_rows(store: Store) -> Iterator[tuple[Any, ...]]:
         except redis.ResponseError:
             continue
         if activated:
-            user = key[len(records) :]
-            yield (_when(str(activated)), "user_activated", user, *([None] * 7))
+            yield {
+                "time": _when(str(activated)),
+                "kind": "user_activated",
+                "user_id": key[len(records) :],
+            }
 
 
-def _ledger_row(fields: dict[str, str]) -> tuple[Any, ...] | None:
+def _ledger_row(fields: dict[str, str]) -> dict[str, Any] | None:
+    """A decision: sent (dated when the vendor took it) or held back (dated when
+    decided)."""
     outcome = fields.get("outcome")
     if outcome not in (Outcome.SENT, Outcome.HELD) or not fields.get("user"):
         return None
-    kind = "nudge_sent" if outcome == Outcome.SENT else "nudge_held"
-    reason = fields.get("reason", "").split(":", 1)[0] if kind == "nudge_held" else None
-    return (
-        _when(fields.get("created_ms", fields.get("updated_ms", "0"))),
-        kind,
-        fields["user"],
-        fields.get("account") or None,
-        None,
-        fields.get("playbook") or None,
-        fields.get("step") or None,
-        fields.get("channel") or None,
-        fields.get("variant") or None,
-        reason,
-    )
+    sent = outcome == Outcome.SENT
+    decided = fields.get("created_ms", fields.get("updated_ms", "0"))
+    trigger_ms = fields.get("trigger_ms", "")
+    return {
+        "time": _when(fields.get("updated_ms", decided) if sent else decided),
+        "kind": "nudge_sent" if sent else "nudge_held",
+        "user_id": fields["user"],
+        "account_id": fields.get("account") or None,
+        "playbook": fields.get("playbook") or None,
+        "step": fields.get("step") or None,
+        "channel": fields.get("channel") or None,
+        "variant": fields.get("variant") or None,
+        "reason": None if sent else fields.get("reason", "").split(":", 1)[0],
+        "trigger": fields.get("trigger") or None,
+        "trigger_time": _when(trigger_ms) if trigger_ms.isdigit() else None,
+        "segment": fields.get("segment") or None,
+    }
 
 
-def _loop_row(fields: dict[str, str]) -> tuple[Any, ...] | None:
+def _loop_row(fields: dict[str, str]) -> dict[str, Any] | None:
     kind = fields.get("kind", "")
     if kind == "invite_sent":
         user = fields.get("referrer", "")
@@ -302,23 +351,18 @@ def _loop_row(fields: dict[str, str]) -> tuple[Any, ...] | None:
         return None
     if not user:
         return None
-    return (
-        _when(fields.get("at_ms", "0")),
-        kind,
-        user,
-        fields.get("account") or None,
-        fields.get("referrer") if kind != "invite_sent" else None,
-        fields.get("playbook") or None,
-        None,
-        None,
-        fields.get("variant") or None,
-        None,
-    )
+    return {
+        "time": _when(fields.get("at_ms", "0")),
+        "kind": kind,
+        "user_id": user,
+        "account_id": fields.get("account") or None,
+        "referrer": fields.get("referrer") if kind != "invite_sent" else None,
+        "playbook": fields.get("playbook") or None,
+        "variant": fields.get("variant") or None,
+    }
 
 
-def _when(ms: str) -> Any:
-    from datetime import UTC, datetime
-
+def _when(ms: str) -> datetime:
     return datetime.fromtimestamp(int(ms or 0) / 1000, UTC)
 
 
@@ -391,4 +435,8 @@ def duration(seconds: float) -> str:
         return "-"
     if seconds >= 86_400:
         return f"{seconds / 86_400:.1f} d"
-    return f"{seconds / 3600:.1f} h"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"

@@ -59,7 +59,8 @@ p.lead { color: #555; margin-top: 0; }
 p.how { color: #555; font-size: .92rem; max-width: 60rem; }
 table { border-collapse: collapse; font-size: .9rem; margin: .5rem 0 1rem; }
 th, td { padding: .25rem .7rem; border-bottom: 1px solid #eee; text-align: right; }
-th:first-child, td:first-child, td.text, th.text { text-align: left; white-space: nowrap; }
+th:first-child, td:first-child, td.text, th.text {
+  text-align: left; white-space: nowrap; }
 td.verdict { text-align: left; font-weight: 600; }
 .small { color: #b58900; }
 .chart { width: 100%; }
@@ -100,6 +101,13 @@ def page(report: Report, title: str = "referloop loop report") -> str:
             "From a user's own activation to the first invite of theirs that was "
             "accepted, over the referrers who got there.",
             _loop_table(report) + _chart("loop-time", _loop_figure(report)),
+        ),
+        _section(
+            "Trigger to send",
+            "From the moment a trigger fired (the product event's time, or when "
+            "referloop saw the user in the cohort) to the vendor taking the nudge. "
+            "Waits a playbook asks for, a delay or quiet hours, are included.",
+            _trigger_table(report),
         ),
         _section(
             "The loop, per playbook",
@@ -363,6 +371,11 @@ def _loop_table(report: Report) -> str:
         ],
         text=1,
     )
+
+
+def _trigger_table(report: Report) -> str:
+    rows = [_row(words.trigger_path_cells(p)) for p in report.trigger_paths]
+    return _table(["playbook", "trigger", "nudges", "median", "90th percentile"], rows)
 
 
 def _arms_table(segments: Sequence[Segment]) -> str:

@@ -75,7 +75,13 @@ class Rig:
     braze: Vendor
     scheduled: list[tuple[str, int]]
 
-    def event(self, user_id: str, name: str = "pack_uploaded", **user: object) -> str:
+    def event(
+        self,
+        user_id: str,
+        name: str = "pack_uploaded",
+        account: dict[str, object] | None = None,
+        **user: object,
+    ) -> str:
         profile = {"first_name": "Ada", "activated_at": "2026-01-01", **user}
         event = ProductEvent(
             event_id=f"evt-{user_id}-{name}",
@@ -83,6 +89,7 @@ class Rig:
             user_id=user_id,
             time=NOW,
             account_id="acct-1",
+            account=account or {},
             user=profile,
         )
         occurrence = occurrences.from_event(event)

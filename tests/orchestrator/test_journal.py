@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pytest
-from engine_rig import make_rig
+from engine_rig import NOW, make_rig
 
 from integrations.base import LoopEvent
 from orchestrator import journal as journals
@@ -41,7 +41,7 @@ def test_a_sent_and_a_held_nudge_become_events_with_ids_only(store, tmp_path):
     """One user is sent a nudge, another is held back (not activated); the sink
     gets one event each, named, keyed by delivery and kind, with no profile data."""
     rig = _rig(store, tmp_path)
-    sent = rig.engine.decide(rig.event("u-1"))
+    sent = rig.engine.decide(rig.event("u-1", account={"segment": "enterprise"}))
     rig.engine.decide(rig.event("u-2", activated_at=None))
     rig.engine.deliver_many(sent)
 
@@ -55,6 +55,10 @@ def test_a_sent_and_a_held_nudge_become_events_with_ids_only(store, tmp_path):
     assert by_user["u-1"].insert_id == f"{sent[0]}:sent"
     assert by_user["u-1"].properties["channel"] == "intercom"
     assert by_user["u-1"].properties["variant"] == "a"
+    assert by_user["u-1"].properties["trigger"] == "event"
+    assert by_user["u-1"].properties["trigger_time"] == int(NOW.timestamp())
+    assert by_user["u-1"].properties["account_segment"] == "enterprise"
+    assert "account_segment" not in by_user["u-2"].properties
     assert by_user["u-2"].name == EVENT_NAMES["held"]
     assert by_user["u-2"].properties["reason"] == "not_activated"
     for event in events:
@@ -66,6 +70,9 @@ def test_a_sent_and_a_held_nudge_become_events_with_ids_only(store, tmp_path):
             "account_id",
             "variant",
             "reason",
+            "trigger",
+            "trigger_time",
+            "account_segment",
         }
         assert "Ada" not in str(event.properties)
 

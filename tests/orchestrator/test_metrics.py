@@ -208,6 +208,57 @@ def test_the_workspace_names_the_products_events(tmp_path: Path):
     assert report.playbooks[0].nudged.k_factor == pytest.approx(1 / 4)
 
 
+def test_trigger_to_send_is_timed_per_kind_of_trigger(tmp_path: Path):
+    """Nudges say what fired them and when: a product event minutes before, a
+    cohort sync an hour before; held-back ones and reinforcements have no say."""
+
+    def fired(hours_before: float, trigger: str) -> dict[str, Any]:
+        at = T0 + timedelta(hours=10 - hours_before)
+        return {**PB, "trigger": trigger, "trigger_time": int(at.timestamp())}
+
+    events = [
+        (SENT, 10, "u1", fired(1 / 60, "event")),
+        (SENT, 10, "u2", fired(3 / 60, "event")),
+        (SENT, 10, "u3", fired(5 / 60, "event")),
+        (SENT, 10, "u4", fired(1, "cohort")),
+        (HELD, 10, "h1", {**fired(2, "event"), "reason": "holdout"}),
+        (SENT, 10, "u5", {**PB, "trigger": "event"}),
+    ]
+
+    paths = report_of(export(tmp_path / "e.jsonl", events)).trigger_paths
+
+    by_key = {(p.playbook, p.trigger): p for p in paths}
+    event = by_key[("pack-reviewers", "event")]
+    assert (event.nudges, event.median_s) == (3, 180)
+    assert event.p90_s == pytest.approx(276)
+    assert by_key[("pack-reviewers", "cohort")].median_s == 3600
+    assert by_key[("", "event")].nudges == 3
+    assert [p.playbook for p in paths][-1] == ""
+
+
+def test_accounts_are_sliced_by_their_segment(tmp_path: Path):
+    """The segment comes from referloop's own events or from the product's, under
+    the property the workspace names; a user with none is `unknown`."""
+    events = [
+        ("Signed Up", -100, "u1", {"plan": "enterprise"}),
+        ("Signed Up", -100, "u2", {"plan": "team"}),
+        (SENT, 0, "u1", PB),
+        (SENT, 0, "u2", PB),
+        (SENT, 0, "u3", {**PB, "account_segment": "team"}),
+        (SENT, 0, "u4", PB),
+        ("invite_sent", 5, "u1", {}),
+    ]
+    settings = MetricsSettings(segment_property="plan")
+
+    report = report_of(export(tmp_path / "e.jsonl", events), settings)
+
+    segments = {s.value: s for s in report.slices if s.dimension == "segment"}
+    assert set(segments) == {"enterprise", "team", "unknown"}
+    assert segments["enterprise"].nudged.inviters == 1
+    assert segments["team"].nudged.users == 2
+    assert segments["unknown"].nudged.users == 1
+
+
 # --- the statistics ---------------------------------------------------------------
 
 
