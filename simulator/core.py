@@ -8,7 +8,7 @@ at `Simulator.url(vendor)`. Requests go through, in order:
 2. latency, if the test set some;
 3. a fault, if one is switched on for that vendor (a status, a hang, a reset
    connection, a garbage answer, a slow answer, an answer lost after the
-   request was applied);
+   request was applied, an answer cut off partway);
 4. authentication, as the vendor checks it;
 5. rate limits, as the vendor enforces them (429 in the vendor's own shape);
 6. the vendor's handler.
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024
 
 FaultKind = Literal[
-    "status", "hang", "reset", "garbage", "broken_json", "slow", "lost_answer"
+    "status", "hang", "reset", "garbage", "broken_json", "slow", "lost_answer", "cut"
 ]
 
 
@@ -119,6 +119,7 @@ class Fault:
     seconds: float = 0.0
     headers: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
+    after_bytes: int = 0
 
     @classmethod
     def answer(
@@ -163,6 +164,12 @@ class Fault:
     def slow(cls, seconds: float) -> Fault:
         """Answer as usual, after `seconds`."""
         return cls("slow", seconds=seconds)
+
+    @classmethod
+    def cut(cls, after_bytes: int) -> Fault:
+        """Answer as usual, but close the connection after `after_bytes` bytes of
+        the body: the client sees the answer begin and stop short."""
+        return cls("cut", after_bytes=after_bytes)
 
 
 @dataclass(frozen=True)
@@ -262,7 +269,9 @@ class Simulator:
         self._host = host
         self._lock = threading.Lock()
         self._received: list[Received] = []
-        self._faults: dict[str, list[tuple[Fault, int | None]]] = {}
+        # Per vendor, in order: the fault, how many requests it hits (None: all),
+        # and how many requests go through untouched before it starts.
+        self._faults: dict[str, list[tuple[Fault, int | None, int]]] = {}
         self._latency: dict[str, float] = {}
         self._limits: dict[str, list[Limit]] = {
             name: vendor.limits() for name, vendor in self.vendors.items()
@@ -313,10 +322,13 @@ class Simulator:
 
     # --- what tests switch ----------------------------------------------------
 
-    def fault(self, vendor: str, fault: Fault, times: int | None = None) -> None:
-        """Switch on `fault` for the next `times` requests (None: until cleared)."""
+    def fault(
+        self, vendor: str, fault: Fault, times: int | None = None, *, after: int = 0
+    ) -> None:
+        """Switch on `fault` for the next `times` requests (None: until cleared),
+        once `after` more requests have been answered as usual."""
         with self._lock:
-            self._faults.setdefault(vendor, []).append((fault, times))
+            self._faults.setdefault(vendor, []).append((fault, times, after))
 
     def clear_faults(self, vendor: str | None = None) -> None:
         with self._lock:
@@ -372,12 +384,15 @@ class Simulator:
             queue = self._faults.get(vendor)
             if not queue:
                 return None
-            fault, times = queue[0]
+            fault, times, after = queue[0]
+            if after > 0:
+                queue[0] = (fault, times, after - 1)
+                return None
             if times is not None:
                 if times <= 1:
                     queue.pop(0)
                 else:
-                    queue[0] = (fault, times - 1)
+                    queue[0] = (fault, times - 1, 0)
             return fault
 
     def _admit(self, vendor: VendorSim, request: SimRequest) -> SimResponse | None:
@@ -485,6 +500,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.seconds)
             self.close_connection = True
             return
+        if fault is not None and fault.kind == "cut":
+            response = self._respond(vendor, request)
+            simulator._record(request, response.status)
+            self._answer(response, cut_after=fault.after_bytes)
+            return
         if fault is not None and fault.kind != "slow":
             self._misbehave(vendor, request, fault)
             return
@@ -553,8 +573,9 @@ class _Handler(BaseHTTPRequestHandler):
                 body = b""
         return body
 
-    def _answer(self, response: SimResponse) -> None:
+    def _answer(self, response: SimResponse, cut_after: int | None = None) -> None:
         payload = response.encoded()
+        sent = payload if cut_after is None else payload[:cut_after]
         try:
             self.send_response(response.status)
             headers = {"Content-Type": "application/json", **response.headers}
@@ -562,9 +583,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            self.wfile.write(sent)
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        if len(sent) < len(payload):
+            # The Content-Length promised more: closing now cuts the answer short.
             self.close_connection = True
 
     def finish(self) -> None:

@@ -1,4 +1,5 @@
-"""A simulated Mixpanel: Engage cohort pages, strict /import and the service account.
+"""A simulated Mixpanel: Engage cohort pages, strict /import, the raw event export
+and the service account.
 
 What it does, as Mixpanel documents it:
 
@@ -15,6 +16,16 @@ What it does, as Mixpanel documents it:
   `failed_records` for the others; events are deduped by (event, time,
   distinct_id, `$insert_id`);
 - the Query API's limits: 60 queries an hour and 5 at once (429 beyond);
+- `GET /api/2.0/export` answers the events a test seeds (`seed_export`, a list of
+  events as `/import` takes them or a JSON lines file) whose day (UTC, from
+  `properties.time`) lies from `from_date` to `to_date`, both included, and whose
+  name is in `event` when given, as JSON lines; gzip-compressed when the request
+  accepts gzip and the body is over 1,400 bytes. Lines set in `export_raw` for a
+  day are answered as they are, with that day's events (to send one that is not
+  JSON). It answers 400 for a range that ends before it starts, begins before the
+  project was `created` or ends after today (UTC), and for a `where` expression,
+  which the simulator does not evaluate. Its limits: 60 queries an hour, 3 a
+  second and 100 at once;
 - `GET /api/app/me` says who the service account is and which projects it sees.
 """
 
@@ -22,12 +33,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import itertools
 import json
 import re
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 from simulator.core import Limit, SimRequest, SimResponse, VendorSim
@@ -41,6 +54,16 @@ MAX_IMPORT_EVENTS = 2_000
 MAX_IMPORT_BYTES = 10 * 1024 * 1024
 QUERIES_PER_HOUR = 60
 QUERIES_AT_ONCE = 5
+EXPORT_PATH = "/api/2.0/export"
+EXPORTS_PER_HOUR = 60
+EXPORTS_PER_SECOND = 3
+EXPORTS_AT_ONCE = 100
+# "If set to gzip and the response body is > 1400 bytes, the response will be
+# compressed" (the Export API's OpenAPI document).
+GZIP_FROM_BYTES = 1_400
+MAX_EXPORT_LIMIT = 100_000
+PROJECT_CREATED = date(2024, 1, 1)
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Events before 1971-01-01 or more than an hour ahead are refused.
 EARLIEST_TIME_S = datetime(1971, 1, 1, tzinfo=UTC).timestamp()
 LATEST_AHEAD_S = 3_600
@@ -80,6 +103,9 @@ class MixpanelSim(VendorSim):
     `cohorts` holds what Engage answers, by cohort id; `imported` what /import
     kept, by the key Mixpanel dedupes on. `engage_delay_s` makes each Engage
     query take that long while it counts as running (to see 5 at once).
+    `export_events` is what the raw export answers from, `export_raw` lines it
+    answers as they are, by day (`YYYY-MM-DD`); `gzipped` counts the export
+    answers that went compressed.
     """
 
     name: ClassVar[str] = "mixpanel"
@@ -98,16 +124,25 @@ class MixpanelSim(VendorSim):
         self.engage_delay_s = 0.0
         self.cohorts: dict[str, list[Any]] = {}
         self.imported: dict[EventKey, dict[str, Any]] = {}
+        self.created = PROJECT_CREATED
+        self.export_events: list[dict[str, Any]] = []
+        self.export_raw: dict[str, list[bytes]] = {}
+        self.gzipped = 0
         self._sessions: dict[str, str] = {}
         self._session_numbers = itertools.count(1)
         super().__init__()
 
     def clear(self) -> None:
-        """Forget the seeded cohorts, the sessions and what was imported."""
+        """Forget the seeded cohorts and exports, the sessions and what was
+        imported."""
         with self.lock:
             self.cohorts.clear()
             self.imported.clear()
             self._sessions.clear()
+            self.export_events.clear()
+            self.export_raw.clear()
+            self.gzipped = 0
+        self.created = PROJECT_CREATED
         self.engage_delay_s = 0.0
         self.page_size = PAGE_SIZE
         self.max_import_bytes = MAX_IMPORT_BYTES
@@ -116,8 +151,16 @@ class MixpanelSim(VendorSim):
         return {
             ("POST", "/api/query/engage"): self._engage,
             ("POST", "/import"): self._import,
+            ("GET", EXPORT_PATH): self._export,
             ("GET", "/api/app/me"): self._me,
         }
+
+    def seed_export(self, events: Iterable[dict[str, Any]] | Path) -> None:
+        """Add events for the raw export to answer: dicts, or a JSON lines file
+        (its lines that are not JSON objects are left out)."""
+        given = _read_events(events) if isinstance(events, Path) else list(events)
+        with self.lock:
+            self.export_events.extend(given)
 
     def authorized(self, request: SimRequest) -> bool:
         return _basic_credentials(request) == (self.username, self.secret)
@@ -133,10 +176,19 @@ class MixpanelSim(VendorSim):
                 count=QUERIES_PER_HOUR,
                 window_s=3_600,
                 at_once=QUERIES_AT_ONCE,
-            )
+            ),
+            Limit(
+                "export",
+                count=EXPORTS_PER_HOUR,
+                window_s=3_600,
+                at_once=EXPORTS_AT_ONCE,
+            ),
+            Limit("export", count=EXPORTS_PER_SECOND, window_s=1.0),
         ]
 
     def bucket(self, request: SimRequest) -> str | None:
+        if request.path == EXPORT_PATH:
+            return "export"
         return "query" if request.path.startswith("/api/query/") else None
 
     def rate_limited(
@@ -257,6 +309,73 @@ class MixpanelSim(VendorSim):
             self.imported[key] = record
         return 1
 
+    # --- raw export -------------------------------------------------------------
+
+    def _export(self, request: SimRequest) -> SimResponse:
+        refused = self._project_refusal(request)
+        if refused is not None:
+            return refused
+        asked = self._export_query(request)
+        if isinstance(asked, SimResponse):
+            return asked
+
+        first, last, names, limit = asked
+        with self.lock:
+            events = list(self.export_events)
+            raw = {day: list(lines) for day, lines in self.export_raw.items()}
+        dated = [
+            (day, _line(event))
+            for event in events
+            if (day := _day_of(event)) is not None
+            and first <= day <= last
+            and (names is None or event.get("event") in names)
+        ]
+        dated += [
+            (day, line.rstrip(b"\n") + b"\n")
+            for text, lines in raw.items()
+            if first <= (day := date.fromisoformat(text)) <= last
+            for line in lines
+        ]
+        dated.sort(key=lambda item: item[0])
+        chosen = dated[:limit] if limit is not None else dated
+        return self._export_answer(request, b"".join(line for _, line in chosen))
+
+    def _export_query(
+        self, request: SimRequest
+    ) -> SimResponse | tuple[date, date, set[str] | None, int | None]:
+        """The range, names and limit asked for, or the 400 Mixpanel answers."""
+        first = _date_of(request.param("from_date"))
+        last = _date_of(request.param("to_date"))
+        if first is None or last is None:
+            return _bad_request("from_date and to_date are required, as yyyy-mm-dd")
+        if last < first:
+            return _bad_request("to_date cannot be before from_date")
+        if first < self.created:
+            return _bad_request(
+                f"from_date cannot be before the project was created ({self.created})"
+            )
+        if last > datetime.now(UTC).date():
+            return _bad_request("to_date cannot be later than today")
+        if request.param("where") is not None:
+            return _bad_request("where expressions are not simulated")
+        names = _names(request.param("event"))
+        if request.param("event") is not None and names is None:
+            return _bad_request("event must be a JSON array of event names")
+        limit = _limit_of(request.param("limit"))
+        if limit == 0:
+            return _bad_request(f"limit must be from 1 to {MAX_EXPORT_LIMIT}")
+        return first, last, None if names is None else set(names), limit
+
+    def _export_answer(self, request: SimRequest, body: bytes) -> SimResponse:
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        accepted = request.header("accept-encoding") or ""
+        if "gzip" in accepted and len(body) > GZIP_FROM_BYTES:
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+            with self.lock:
+                self.gzipped += 1
+        return SimResponse(200, raw=body, headers=headers)
+
     # --- app API ----------------------------------------------------------------
 
     def _me(self, request: SimRequest) -> SimResponse:
@@ -332,6 +451,53 @@ def _only(result: Any, wanted: list[str] | None) -> Any:
         return result
     kept = {key: value for key, value in properties.items() if key in wanted}
     return {**result, "$properties": kept}
+
+
+def _read_events(path: Path) -> list[dict[str, Any]]:
+    found = []
+    with path.open("rb") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+    return found
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    # Compact, and non-ASCII as UTF-8: as the export writes its lines.
+    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8") + b"\n"
+
+
+def _day_of(event: dict[str, Any]) -> date | None:
+    """The UTC day of an event's `properties.time` (seconds or milliseconds)."""
+    properties = event.get("properties")
+    moment = properties.get("time") if isinstance(properties, dict) else None
+    if isinstance(moment, bool) or not isinstance(moment, int | float):
+        return None
+    seconds = moment / 1000 if moment >= MILLISECONDS_FROM else moment
+    return datetime.fromtimestamp(seconds, UTC).date()
+
+
+def _date_of(text: str | None) -> date | None:
+    if text is None or DAY.fullmatch(text) is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _limit_of(text: str | None) -> int | None:
+    """The `limit` asked for; 0 when it is not a number Mixpanel takes."""
+    if text is None:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_EXPORT_LIMIT:
+        return 0
+    return int(text)
 
 
 def _records(request: SimRequest) -> list[Any] | None:
