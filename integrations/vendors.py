@@ -23,6 +23,7 @@ from integrations.braze import BrazeSender
 from integrations.customerio import CustomerIOChannel
 from integrations.intercom import IntercomSender
 from integrations.mixpanel import DEFAULT_OUTPUT_PROPERTIES, MixpanelAdapter
+from integrations.mixpanel_export import MixpanelExport
 from integrations.webhook import WebhookChannel, WebhookRewards
 from orchestrator.errors import ConfigurationError, ReferloopError
 from orchestrator.model import Workspace
@@ -92,6 +93,7 @@ SETTINGS: dict[str, VendorSettings] = {
             "MIXPANEL_PROJECT_ID",
             "MIXPANEL_QUERY_URL",
             "MIXPANEL_INGESTION_URL",
+            "MIXPANEL_EXPORT_URL",
             "MIXPANEL_ACCOUNT_PROPERTY",
         ),
     ),
@@ -261,21 +263,13 @@ def _mixpanel(
     vendors: Vendors, workspace: Workspace, env: Mapping[str, str], store: Store | None
 ) -> None:
     settings = workspace.vendors.mixpanel
-    project = env.get("MIXPANEL_PROJECT_ID") or settings.project_id
-    if project is None:
-        raise ConfigurationError(
-            "Mixpanel needs a project: set `vendors.mixpanel.project_id` in the "
-            "workspace file or MIXPANEL_PROJECT_ID"
-        )
-    if not str(project).isdigit():
-        raise ConfigurationError("MIXPANEL_PROJECT_ID must be a number")
     extra: dict[str, Any] = {"output_properties": _profile_properties(workspace)}
     if env.get("MIXPANEL_ACCOUNT_PROPERTY"):
         extra["account_property"] = env["MIXPANEL_ACCOUNT_PROPERTY"]
     adapter = MixpanelAdapter(
         env["MIXPANEL_SERVICE_ACCOUNT"],
         env["MIXPANEL_SERVICE_SECRET"],
-        int(project),
+        _mixpanel_project(workspace, env),
         residency=settings.residency,
         query_url=env.get("MIXPANEL_QUERY_URL") or None,
         ingestion_url=env.get("MIXPANEL_INGESTION_URL") or None,
@@ -286,6 +280,43 @@ def _mixpanel(
     vendors.sources[adapter.name] = adapter
     vendors.sink = adapter
     vendors._closers.append(adapter.close)
+
+
+def mixpanel_export(workspace: Workspace, env: Mapping[str, str]) -> MixpanelExport:
+    """Mixpanel's raw event export, set up from the same settings as the worker's
+    and `referloop doctor`'s Mixpanel: the service account and project id from
+    `env` (or the project id from the workspace), the residency from the
+    workspace, and MIXPANEL_EXPORT_URL in place of the residency's host.
+
+    Close it when done, or use it as a context manager.
+
+    Raises:
+        ConfigurationError: a setting is missing or wrong; the message names it.
+    """
+    missing = SETTINGS["mixpanel"].missing(env)
+    if missing:
+        raise ConfigurationError(
+            "the Mixpanel export needs the service account: set " + ", ".join(missing)
+        )
+    return MixpanelExport(
+        env["MIXPANEL_SERVICE_ACCOUNT"],
+        env["MIXPANEL_SERVICE_SECRET"],
+        _mixpanel_project(workspace, env),
+        residency=workspace.vendors.mixpanel.residency,
+        export_url=env.get("MIXPANEL_EXPORT_URL") or None,
+    )
+
+
+def _mixpanel_project(workspace: Workspace, env: Mapping[str, str]) -> int:
+    project = env.get("MIXPANEL_PROJECT_ID") or workspace.vendors.mixpanel.project_id
+    if project is None:
+        raise ConfigurationError(
+            "Mixpanel needs a project: set `vendors.mixpanel.project_id` in the "
+            "workspace file or MIXPANEL_PROJECT_ID"
+        )
+    if not str(project).isdigit():
+        raise ConfigurationError("MIXPANEL_PROJECT_ID must be a number")
+    return int(project)
 
 
 def _profile_properties(workspace: Workspace) -> tuple[str, ...]:

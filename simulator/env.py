@@ -41,6 +41,7 @@ def vendor_env(sim: Simulator) -> dict[str, str]:
             "MIXPANEL_PROJECT_ID": str(mixpanel.SIM_PROJECT_ID),
             "MIXPANEL_QUERY_URL": url,
             "MIXPANEL_INGESTION_URL": url,
+            "MIXPANEL_EXPORT_URL": url,
         }
     if "webhook" in sim.vendors:
         env |= {
