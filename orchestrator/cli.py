@@ -29,6 +29,7 @@ from integrations.filesource import FileSource
 from orchestrator import local, logs
 from orchestrator import preview as previews
 from orchestrator import schema as schemas
+from orchestrator.cli_backtest import backtest
 from orchestrator.cli_report import report
 from orchestrator.cli_rewards import rewards
 from orchestrator.errors import (
@@ -369,6 +370,7 @@ def clock() -> None:
 
 cli.add_command(rewards)
 cli.add_command(report)
+cli.add_command(backtest)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
