@@ -39,10 +39,10 @@ from orchestrator.state import Store
 OUTAGE_S = 10.0
 START_TIMEOUT_S = 10.0
 FIRST_WORK_TIMEOUT_S = 20.0
-# Long enough for a message that Dramatiq retries after the outage (15 s to 30 s
-# of backoff) to run and hand on its work; a worker that simply waits for Redis
-# needs a few seconds.
-SETTLE_TIMEOUT_S = 40.0
+# Long enough for a message that Dramatiq retries twice around the outage (15 s,
+# then 30 s of backoff, as happens on a loaded machine) to run and hand on its
+# work; a worker that simply waits for Redis needs a few seconds.
+SETTLE_TIMEOUT_S = 100.0
 STOP_TIMEOUT_S = 40.0
 POLL_S = 0.05
 # Deliveries settled before Redis is taken away: some, far from all.
