@@ -30,7 +30,7 @@ from orchestrator import local, logs
 from orchestrator import preview as previews
 from orchestrator import schema as schemas
 from orchestrator.cli_backtest import backtest
-from orchestrator.cli_report import report
+from orchestrator.cli_report import fetch_events, report
 from orchestrator.cli_rewards import rewards
 from orchestrator.errors import (
     ConfigurationError,
@@ -370,6 +370,7 @@ def clock() -> None:
 
 cli.add_command(rewards)
 cli.add_command(report)
+cli.add_command(fetch_events)
 cli.add_command(backtest)
 
 

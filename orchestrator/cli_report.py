@@ -1,6 +1,8 @@
 """`referloop report`: the loop's metrics and each playbook's lift over its holdout.
 
 referloop report --events export.jsonl          a Mixpanel raw export
+referloop report --from 2026-11-01 --to 2026-11-30
+                                                the same, fetched from Mixpanel
 referloop report                                referloop's own records (REDIS_URL)
 referloop report --by channel --by variant      slices too
 referloop report --format markdown              for a pull request
@@ -10,8 +12,11 @@ referloop report --html report.html             one page with charts, offline
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable
+from datetime import date, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,10 +24,11 @@ import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from integrations.vendors import mixpanel_export
 from orchestrator import metrics, report_html
 from orchestrator import report as reports
 from orchestrator.loader import load
-from orchestrator.model import MetricsSettings
+from orchestrator.model import MetricsSettings, Workspace
 from orchestrator.settings import Settings
 from orchestrator.state import Store
 
@@ -40,6 +46,24 @@ console = Console(width=None if sys.stdout.isatty() else 160)
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A Mixpanel raw export (JSON lines, the Export API's format); repeatable.",
+)
+@click.option(
+    "--from",
+    "from_date",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Fetch Mixpanel's raw export from this day (with --to; UTC days, both "
+    "included), with the Mixpanel service account the worker uses.",
+)
+@click.option(
+    "--to",
+    "to_date",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The last day of the Mixpanel export to fetch.",
+)
+@click.option(
+    "--keep",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Keep the fetched export in this file (JSON lines), to report on again.",
 )
 @click.option(
     "--playbooks",
@@ -71,6 +95,9 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 )
 def report(
     exports: tuple[Path, ...],
+    from_date: datetime | None,
+    to_date: datetime | None,
+    keep: Path | None,
     folder: Path,
     dimensions: tuple[str, ...],
     output: str,
@@ -79,6 +106,11 @@ def report(
     """The loop's funnel, rates, K-factor, loop time, and lift over the holdout."""
     catalog = load([folder])
     settings = catalog.workspace.metrics
+    if (from_date is None) != (to_date is None):
+        _usage("give both --from and --to to fetch a Mixpanel export")
+    if keep is not None and from_date is None:
+        _usage("--keep keeps a fetched export: give --from and --to too")
+    fetch = (from_date.date(), to_date.date()) if from_date and to_date else None
     funnel = metrics.Funnel()
     show = output == "text" and sys.stderr.isatty()
     try:
@@ -91,12 +123,13 @@ def report(
             disable=not show,
         ) as progress:
             task = progress.add_task("reading", total=None)
-            _read(
-                funnel,
-                exports,
-                settings,
-                lambda what: progress.update(task, description=what),
-            )
+
+            def say(what: str) -> None:
+                progress.update(task, description=what)
+
+            if fetch is not None:
+                _fetch(funnel, catalog.workspace, fetch, keep, say)
+            _read(funnel, exports, settings, say, fetched=fetch is not None)
             result = metrics.compute(
                 funnel,
                 settings,
@@ -110,12 +143,80 @@ def report(
         click.echo(f"Wrote {page}.", err=True)
 
 
+def _fetch(
+    funnel: metrics.Funnel,
+    workspace: Workspace,
+    days: tuple[date, date],
+    keep: Path | None,
+    say: Callable[[str], None],
+) -> None:
+    """Fetch Mixpanel's raw export of `days` (only the events the report reads)
+    into `keep` or a private temporary file, and read it."""
+    settings = workspace.metrics
+    names = sorted({*metrics.OWN_EVENTS, *settings.event_kinds()})
+    say(f"fetching Mixpanel's export, {days[0]} to {days[1]}")
+    with tempfile.TemporaryDirectory(prefix="referloop-export-") as folder:
+        path = keep or Path(folder) / "export.jsonl"
+        with mixpanel_export(workspace, os.environ) as export:
+            fetched = export.download(path, days[0], days[1], events=names)
+        click.echo(
+            f"Fetched {fetched.events:,} events from Mixpanel in "
+            f"{fetched.chunks} requests" + (f"; kept in {keep}." if keep else "."),
+            err=True,
+        )
+        say("reading the export")
+        funnel.read_mixpanel_export(path, settings)
+
+
+@click.command("fetch-events")
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "from_date", type=click.DateTime(["%Y-%m-%d"]), required=True)
+@click.option("--to", "to_date", type=click.DateTime(["%Y-%m-%d"]), required=True)
+@click.option(
+    "--event",
+    "names",
+    multiple=True,
+    help="Only this event (repeatable); every event when none is given.",
+)
+@click.option(
+    "--playbooks",
+    "folder",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    envvar="REFERLOOP_PLAYBOOKS",
+    default=DEFAULT_PLAYBOOKS,
+    show_default=True,
+    help="The folder whose workspace file names the Mixpanel project and residency.",
+)
+def fetch_events(
+    target: Path,
+    from_date: datetime,
+    to_date: datetime,
+    names: tuple[str, ...],
+    folder: Path,
+) -> None:
+    """Fetch Mixpanel's raw export of some days into TARGET, for `report` and
+    `backtest --events` (UTC days, both included)."""
+    workspace = load([folder]).workspace
+    with mixpanel_export(workspace, os.environ) as export:
+        fetched = export.download(
+            target, from_date.date(), to_date.date(), events=sorted(set(names))
+        )
+    click.echo(
+        f"Fetched {fetched.events:,} events from Mixpanel in {fetched.chunks} "
+        f"requests into {target}."
+    )
+
+
 def _read(
     funnel: metrics.Funnel,
     exports: tuple[Path, ...],
     settings: MetricsSettings,
     say: Callable[[str], None],
+    *,
+    fetched: bool,
 ) -> None:
+    if fetched and not exports:
+        return
     if exports:
         for path in exports:
             say(f"reading {path.name}")
@@ -124,7 +225,8 @@ def _read(
     env = Settings.from_env()
     if env.is_embedded:
         _usage(
-            "give --events EXPORT.jsonl, or set REDIS_URL to read referloop's records"
+            "give --events EXPORT.jsonl, or --from and --to to fetch Mixpanel's "
+            "export, or set REDIS_URL to read referloop's records"
         )
     say("reading referloop's records")
     funnel.add_rows(reports.redis_rows(Store.from_settings(env)))

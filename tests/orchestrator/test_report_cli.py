@@ -11,8 +11,12 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from orchestrator.state import Store
+from simulator import Simulator
+from simulator.env import vendor_env
+from simulator.mixpanel import MixpanelSim
 from tests.orchestrator.loop_rig import make_rig
 from tests.orchestrator.test_metrics import export, small_dataset
 
@@ -116,3 +120,59 @@ def test_a_report_says_what_it_needs(tmp_path: Path):
 
     assert result.returncode == 2
     assert "--events" in result.stderr
+
+
+def test_a_report_of_an_export_fetched_from_mixpanel(tmp_path: Path):
+    """--from and --to fetch the raw export with the worker's Mixpanel settings;
+    --keep keeps it, and it reports as the same file would."""
+    path = export(tmp_path / "e.jsonl", small_dataset())
+    kept = tmp_path / "kept.jsonl"
+    with Simulator([MixpanelSim()]) as sim:
+        mixpanel = cast(MixpanelSim, sim.vendor("mixpanel"))
+        mixpanel.seed_export(path)
+        env = _env(**vendor_env(sim))
+        days = ("--from", "2026-10-20", "--to", "2026-11-30")
+
+        result = _referloop(
+            "report", *days, "--keep", str(kept), "--format", "json", env=env
+        )
+        denied = _referloop(
+            "report", *days, env={**env, "MIXPANEL_SERVICE_SECRET": "wrong-one"}
+        )
+
+    assert result.returncode == 0, result.stderr
+    # Asked for only the events the report reads: not `Activated`, which the
+    # example workspace does not name, nor the one event after 2026-11-30.
+    assert "Fetched 17 events from Mixpanel" in result.stderr
+    (playbook,) = json.loads(result.stdout)["playbooks"]
+    assert playbook["nudged"]["k_factor"] == 0.25
+    assert len(kept.read_text().splitlines()) == len(small_dataset()) - 2
+    assert denied.returncode != 0
+    assert "MIXPANEL_SERVICE_ACCOUNT" in denied.stderr
+    assert "wrong-one" not in denied.stderr + denied.stdout
+
+
+def test_a_fetch_needs_both_days(tmp_path: Path):
+    result = _referloop("report", "--from", "2026-11-01", env=_env())
+
+    assert result.returncode == 2
+    assert "--from and --to" in result.stderr
+
+
+def test_fetch_events_writes_the_export_a_backtest_reads(tmp_path: Path):
+    path = export(tmp_path / "e.jsonl", small_dataset())
+    target = tmp_path / "fetched.jsonl"
+    with Simulator([MixpanelSim()]) as sim:
+        cast(MixpanelSim, sim.vendor("mixpanel")).seed_export(path)
+        env = _env(**vendor_env(sim))
+        days = ("--from", "2026-10-20", "--to", "2026-11-30")
+
+        result = _referloop(
+            "fetch-events", str(target), *days, "--event", "invite_sent", env=env
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert "Fetched 4 events" in result.stdout
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert {line["event"] for line in lines} == {"invite_sent"}
+    assert len(lines) == 4
