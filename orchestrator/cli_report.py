@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from integrations.vendors import mixpanel_export
-from orchestrator import metrics, report_html
+from orchestrator import metrics
 from orchestrator import report as reports
 from orchestrator.loader import load
 from orchestrator.model import MetricsSettings, Workspace
@@ -139,6 +139,9 @@ def report(
         funnel.close()
     _print(result, dimensions, output)
     if page is not None:
+        # The charting library takes a while to import: only when a page is asked.
+        from orchestrator import report_html
+
         page.write_text(report_html.page(result), encoding="utf-8")
         click.echo(f"Wrote {page}.", err=True)
 

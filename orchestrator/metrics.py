@@ -78,6 +78,21 @@ OWN_EVENTS = {
 }
 HOLDOUT = "holdout"
 UNKNOWN = "unknown"
+# The properties of an export's events that the funnel reads, and the times.
+OWN_PROPERTIES = (
+    "time",
+    "distinct_id",
+    "account_id",
+    "playbook",
+    "step",
+    "channel",
+    "variant",
+    "reason",
+    "trigger",
+    "trigger_time",
+    "account_segment",
+)
+TIMES = ("time", "trigger_time")
 # Any other event of the export that names the user's account segment.
 SEGMENT_SEEN = "segment_seen"
 DIMENSIONS = ("channel", "variant", "segment", "cohort_week")
@@ -237,51 +252,51 @@ class Funnel:
         """Add the events of a Mixpanel raw export file; return how many were kept.
 
         Lines that are not JSON, and events this report has no use for, are
-        skipped. `time` is in seconds (or milliseconds) since the epoch.
+        skipped. `time` is in seconds (or milliseconds) since the epoch. DuckDB
+        reads only the properties named here, straight into typed fields: a
+        value of the wrong type (a `time` that is not a number) skips its line.
         """
         names = {**OWN_EVENTS, **settings.event_kinds()}
         before = self.count()
         mapping = ", ".join(f"('{_quote(k)}', '{v}')" for k, v in names.items())
-        referrer = _json_path(settings.referrer_property)
-        account = _json_path(settings.account_property)
-        segment = _json_path(settings.segment_property)
+        wanted = dict.fromkeys(
+            (
+                *OWN_PROPERTIES,
+                settings.account_property,
+                settings.referrer_property,
+                settings.segment_property,
+            )
+        )
+        struct = ", ".join(
+            f"{_field(name)} {'DOUBLE' if name in TIMES else 'VARCHAR'}"
+            for name in wanted
+        )
+        account = _field(settings.account_property)
+        referrer = _field(settings.referrer_property)
+        segment = _field(settings.segment_property)
         self.db.execute(
             f"""
             INSERT INTO funnel
             WITH raw AS (
-              SELECT event, properties
+              SELECT event, properties AS p
               FROM read_json(?, format = 'newline_delimited', ignore_errors = true,
-                             columns = {{'event': 'VARCHAR', 'properties': 'JSON'}})
+                             columns = {{'event': 'VARCHAR',
+                                        'properties': '{_quote(f"STRUCT({struct})")}'}})
             ),
-            names(event, kind) AS (VALUES {mapping}),
-            typed AS (
-              SELECT coalesce(names.kind, '{SEGMENT_SEEN}') AS kind,
-                     raw.properties AS p,
-                     TRY_CAST(json_extract(raw.properties, '$.time') AS DOUBLE) AS t,
-                     TRY_CAST(json_extract(raw.properties, '$.trigger_time')
-                              AS DOUBLE) AS tt
-              FROM raw LEFT JOIN names USING (event)
-              WHERE names.kind IS NOT NULL
-                 OR json_extract_string(raw.properties, '{segment}') IS NOT NULL
-            )
+            names(event, kind) AS (VALUES {mapping})
             SELECT
-              to_timestamp(CASE WHEN t > 1e11 THEN t / 1000 ELSE t END),
-              kind,
-              json_extract_string(p, '$.distinct_id'),
-              coalesce(json_extract_string(p, '$.account_id'),
-                       json_extract_string(p, '{account}')),
-              json_extract_string(p, '{referrer}'),
-              json_extract_string(p, '$.playbook'),
-              json_extract_string(p, '$.step'),
-              json_extract_string(p, '$.channel'),
-              json_extract_string(p, '$.variant'),
-              json_extract_string(p, '$.reason'),
-              json_extract_string(p, '$.trigger'),
-              to_timestamp(CASE WHEN tt > 1e11 THEN tt / 1000 ELSE tt END),
-              coalesce(json_extract_string(p, '$.account_segment'),
-                       json_extract_string(p, '{segment}'))
-            FROM typed
-            WHERE t IS NOT NULL AND json_extract_string(p, '$.distinct_id') IS NOT NULL
+              to_timestamp(CASE WHEN p.time > 1e11 THEN p.time / 1000 ELSE p.time END),
+              coalesce(names.kind, '{SEGMENT_SEEN}'),
+              p.distinct_id,
+              coalesce(p.account_id, p.{account}),
+              p.{referrer},
+              p.playbook, p.step, p.channel, p.variant, p.reason, p.trigger,
+              to_timestamp(CASE WHEN p.trigger_time > 1e11 THEN p.trigger_time / 1000
+                                ELSE p.trigger_time END),
+              coalesce(p.account_segment, p.{segment})
+            FROM raw LEFT JOIN names USING (event)
+            WHERE (names.kind IS NOT NULL OR p.{segment} IS NOT NULL)
+              AND p.time IS NOT NULL AND p.distinct_id IS NOT NULL
             """,  # noqa: S608 - names are quoted; the path is a parameter
             [str(path)],
         )
@@ -667,5 +682,6 @@ def _quote(text: str) -> str:
     return text.replace("'", "''")
 
 
-def _json_path(name: str) -> str:
-    return "$." + '"' + name.replace('"', "").replace("'", "''") + '"'
+def _field(name: str) -> str:
+    """`name` as a quoted SQL identifier (a struct field)."""
+    return '"' + name.replace('"', '""') + '"'

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import fakeredis
 import redis
 
 from orchestrator.settings import Settings, redis_client
@@ -36,6 +35,10 @@ class Store:
     @classmethod
     def in_memory(cls, namespace: str = "referloop") -> Store:
         """An in-process store for the embedded default and quick runs."""
+        # Imported here: only local runs need it, and it costs every process
+        # half a second to import.
+        import fakeredis
+
         server = fakeredis.FakeServer()
         client = fakeredis.FakeRedis(server=server, decode_responses=True)
         return cls(client, namespace)
