@@ -567,6 +567,7 @@ def _lifts(nudged: Arm, holdout: Arm) -> list[Lift]:
                 interval,
                 stats.verdict(interval, has, small),
                 small,
+                stats.users_needed_ratio(a, b) if has else None,
             )
         )
     return lifts

@@ -128,6 +128,32 @@ def users_needed(p_treated: float, p_control: float) -> int | None:
     return math.ceil(spread**2 / difference**2)
 
 
+def users_needed_ratio(units_a: Units, units_b: Units) -> int | None:
+    """Users per arm to tell two ratios of sums apart (two-sided 5%, 80% power).
+
+    By the delta method: a user's part in sum(num)/sum(den) varies as
+    num - ratio x den does, over the mean denominator. None when the ratios are
+    equal, or an arm has fewer than two users or no denominator.
+    """
+    spreads = []
+    ratios = []
+    for units in (units_a, units_b):
+        users = sum(units.values())
+        denominator = sum(den * n for (_, den), n in units.items())
+        if users < 2 or denominator == 0:
+            return None
+        ratio = sum(num * n for (num, _), n in units.items()) / denominator
+        mean_den = denominator / users
+        squares = sum(n * (num - ratio * den) ** 2 for (num, den), n in units.items())
+        spreads.append(squares / (users - 1) / mean_den**2)
+        ratios.append(ratio)
+    difference = abs(ratios[0] - ratios[1])
+    if difference == 0:
+        return None
+    z_power = NormalDist().inv_cdf(POWER)
+    return math.ceil((Z95 + z_power) ** 2 * sum(spreads) / difference**2)
+
+
 def verdict(interval: Interval, has_data: bool, small: bool = False) -> Verdict:
     """What an interval of nudged minus holdout says, in words.
 

@@ -280,6 +280,33 @@ def test_the_sample_size_needed_matches_the_usual_formula():
     assert stats.users_needed(0.1, 0.1) is None
 
 
+def test_the_sample_size_for_a_ratio_reduces_to_the_rates_one():
+    """When every user is one trial, a ratio of sums is a rate: the delta method
+    gives the unpooled form of the usual formula, within a user or two per cent."""
+    nudged = {(1, 1): 1_200, (0, 1): 8_800}
+    holdout = {(1, 1): 1_000, (0, 1): 9_000}
+
+    needed = stats.users_needed_ratio(nudged, holdout)
+
+    assert needed == pytest.approx(3841, rel=0.01)
+    assert stats.users_needed_ratio(nudged, nudged) is None
+    assert stats.users_needed_ratio({(1, 1): 1}, holdout) is None
+    assert stats.users_needed_ratio({(0, 0): 50}, holdout) is None
+
+
+def test_a_ratio_that_is_not_told_apart_yet_says_how_many_users_would(
+    tmp_path: Path,
+):
+    path = tmp_path / "e.jsonl"
+    write(Planted(users=3_000, holdout=0.3), 5, path)
+
+    report = report_of(path)
+
+    k = next(lift for lift in report.playbooks[0].lifts if lift.metric == "k_factor")
+    assert k.verdict in ("not distinguishable yet", "lift")
+    assert k.users_needed is not None and k.users_needed > 1_000
+
+
 # --- planted populations -------------------------------------------------------------
 
 
