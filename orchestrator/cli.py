@@ -30,6 +30,7 @@ from orchestrator import local, logs
 from orchestrator import preview as previews
 from orchestrator import schema as schemas
 from orchestrator.cli_backtest import backtest
+from orchestrator.cli_options import DEFAULT_PLAYBOOKS, playbooks_folder
 from orchestrator.cli_report import fetch_events, report
 from orchestrator.cli_rewards import rewards
 from orchestrator.errors import (
@@ -49,7 +50,6 @@ from orchestrator.tokens import KEYS_SETTING, InviteSigner
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
-DEFAULT_PLAYBOOKS = Path("playbooks")
 DEFAULT_SOURCE = Path("examples/triggers.jsonl")
 DEFAULT_OUTBOX = Path("outbox/nudges.jsonl")
 
@@ -291,15 +291,7 @@ def ledger(
 
 
 @cli.command()
-@click.option(
-    "--playbooks",
-    "folder",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    envvar="REFERLOOP_PLAYBOOKS",
-    default=DEFAULT_PLAYBOOKS,
-    show_default=True,
-    help="The folder whose workspace file holds the vendors' settings.",
-)
+@playbooks_folder("The folder whose workspace file holds the vendors' settings.")
 @click.option("--vendor", "only", multiple=True, help="Check only this vendor.")
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text")
 def doctor(folder: Path, only: tuple[str, ...], output: str) -> None:

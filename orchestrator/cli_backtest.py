@@ -28,10 +28,10 @@ from rich.text import Text
 
 from orchestrator import backtest as backtests
 from orchestrator.backtest import DAY, HOUR, Backtest, Decision, VendorLoad
+from orchestrator.cli_options import export_files, playbooks_folder
 from orchestrator.loader import Catalog, load
 from orchestrator.units import format_duration
 
-DEFAULT_PLAYBOOKS = Path("playbooks")
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 FORMATS = ("text", "json", "csv", "markdown")
@@ -72,22 +72,8 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 @click.command()
 @click.argument("names", nargs=-1, metavar="[PLAYBOOK]...")
-@click.option(
-    "--events",
-    "exports",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A Mixpanel raw export (JSON lines, the Export API's format); repeatable.",
-)
-@click.option(
-    "--playbooks",
-    "folder",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    envvar="REFERLOOP_PLAYBOOKS",
-    default=DEFAULT_PLAYBOOKS,
-    show_default=True,
-    help="The folder of playbooks and the workspace file.",
-)
+@export_files()
+@playbooks_folder("The folder of playbooks and the workspace file.")
 @click.option(
     "--format",
     "output",

@@ -27,12 +27,12 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from integrations.vendors import mixpanel_export
 from orchestrator import metrics
 from orchestrator import report as reports
+from orchestrator.cli_options import export_files, playbooks_folder
 from orchestrator.loader import load
 from orchestrator.model import MetricsSettings, Workspace
 from orchestrator.settings import Settings
 from orchestrator.state import Store
 
-DEFAULT_PLAYBOOKS = Path("playbooks")
 EXIT_USAGE = 2
 
 # Piped to a file, tables keep their rows whole rather than fit 80 columns.
@@ -40,13 +40,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 @click.command()
-@click.option(
-    "--events",
-    "exports",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A Mixpanel raw export (JSON lines, the Export API's format); repeatable.",
-)
+@export_files()
 @click.option(
     "--from",
     "from_date",
@@ -65,14 +59,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Keep the fetched export in this file (JSON lines), to report on again.",
 )
-@click.option(
-    "--playbooks",
-    "folder",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    envvar="REFERLOOP_PLAYBOOKS",
-    default=DEFAULT_PLAYBOOKS,
-    show_default=True,
-    help="The folder whose workspace file says how to read the events (`metrics:`).",
+@playbooks_folder(
+    "The folder whose workspace file says how to read the events (`metrics:`)."
 )
 @click.option(
     "--by",
@@ -181,14 +169,8 @@ def _fetch(
     multiple=True,
     help="Only this event (repeatable); every event when none is given.",
 )
-@click.option(
-    "--playbooks",
-    "folder",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    envvar="REFERLOOP_PLAYBOOKS",
-    default=DEFAULT_PLAYBOOKS,
-    show_default=True,
-    help="The folder whose workspace file names the Mixpanel project and residency.",
+@playbooks_folder(
+    "The folder whose workspace file names the Mixpanel project and residency."
 )
 def fetch_events(
     target: Path,
