@@ -378,25 +378,22 @@ def _exposures(db: duckdb.DuckDBPyConnection, window_s: int) -> None:
                  t0 + to_seconds({window_s}) AS t1
           FROM decisions WHERE sent OR held_out
         ),
-        invites AS (
-          SELECT a.playbook, a.user_id, count(*) AS n
-          FROM arms a JOIN funnel f
-            ON f.kind = 'invite_sent' AND f.user_id = a.user_id
-           AND f.time >= a.t0 AND f.time < a.t1
-          GROUP BY ALL
+        loop AS (
+          SELECT kind, time, user_id AS who,
+                 CASE WHEN kind = 'invite_sent' THEN user_id ELSE referrer END
+                   AS credited
+          FROM funnel
+          WHERE kind IN ('invite_sent', 'invite_accepted', 'invitee_activated')
         ),
-        accepted AS (
-          SELECT a.playbook, a.user_id, count(DISTINCT f.user_id) AS n
-          FROM arms a JOIN funnel f
-            ON f.kind = 'invite_accepted' AND f.referrer = a.user_id
-           AND f.time >= a.t0 AND f.time < a.t1
-          GROUP BY ALL
-        ),
-        activated AS (
-          SELECT a.playbook, a.user_id, count(DISTINCT f.user_id) AS n
-          FROM arms a JOIN funnel f
-            ON f.kind = 'invitee_activated' AND f.referrer = a.user_id
-           AND f.time >= a.t0 AND f.time < a.t1
+        done AS (
+          SELECT a.playbook, a.user_id,
+                 count(*) FILTER (WHERE l.kind = 'invite_sent') AS invites,
+                 count(DISTINCT l.who) FILTER (WHERE l.kind = 'invite_accepted')
+                   AS accepted,
+                 count(DISTINCT l.who) FILTER (WHERE l.kind = 'invitee_activated')
+                   AS activated
+          FROM arms a JOIN loop l
+            ON l.credited = a.user_id AND l.time >= a.t0 AND l.time < a.t1
           GROUP BY ALL
         ),
         segments AS (
@@ -406,14 +403,12 @@ def _exposures(db: duckdb.DuckDBPyConnection, window_s: int) -> None:
         SELECT a.playbook, a.user_id, a.arm, a.channel, a.variant,
                coalesce(s.segment, '{UNKNOWN}') AS segment,
                strftime(date_trunc('week', a.t0), '%Y-%m-%d') AS cohort_week,
-               coalesce(i.n, 0) AS invites,
-               least(coalesce(c.n, 0), coalesce(i.n, 0)) AS accepted,
-               least(coalesce(v.n, 0), coalesce(c.n, 0), coalesce(i.n, 0))
-                 AS activated
+               coalesce(d.invites, 0) AS invites,
+               least(coalesce(d.accepted, 0), coalesce(d.invites, 0)) AS accepted,
+               least(coalesce(d.activated, 0), coalesce(d.accepted, 0),
+                     coalesce(d.invites, 0)) AS activated
         FROM arms a
-        LEFT JOIN invites i USING (playbook, user_id)
-        LEFT JOIN accepted c USING (playbook, user_id)
-        LEFT JOIN activated v USING (playbook, user_id)
+        LEFT JOIN done d USING (playbook, user_id)
         LEFT JOIN segments s USING (user_id)
         """  # noqa: S608 - numbers and constants only
     )
