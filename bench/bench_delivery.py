@@ -46,11 +46,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import dramatiq
 import redis
-from benchredis import URL, connect
+from benchredis import URL, connect, redis_spent
 from dramatiq.middleware import Middleware
 
 from integrations.base import ProductEvent
@@ -189,15 +189,14 @@ class Meter:
 
     @classmethod
     def read(cls, client: redis.Redis) -> Meter:
-        cpu = cast(dict[str, Any], client.info("cpu"))
-        stats = cast(dict[str, Any], client.info("stats"))
+        redis_cpu_s, redis_commands = redis_spent(client)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return cls(
             wall_s=time.perf_counter(),
             cpu_s=time.process_time(),
             rusage_s=usage.ru_utime + usage.ru_stime,
-            redis_cpu_s=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
-            redis_commands=int(stats["total_commands_processed"]),
+            redis_cpu_s=redis_cpu_s,
+            redis_commands=redis_commands,
         )
 
     def __sub__(self, other: Meter) -> Meter:

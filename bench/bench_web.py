@@ -73,7 +73,7 @@ from typing import IO, Any, cast
 
 import httpx
 import redis
-from benchredis import URL, connect
+from benchredis import URL, connect, redis_spent
 from webapp import BARE_PATH
 
 from integrations.webhook import sign
@@ -178,14 +178,13 @@ class Meter:
 
     @classmethod
     def read(cls, server: Server, client: redis.Redis) -> Meter:
-        cpu = cast(dict[str, Any], client.info("cpu"))
-        stats = cast(dict[str, Any], client.info("stats"))
+        redis_s, redis_commands = redis_spent(client)
         return cls(
             wall_s=time.perf_counter(),
             client_s=time.process_time(),
             server_s=server.cpu_s(),
-            redis_s=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
-            redis_commands=int(stats["total_commands_processed"]),
+            redis_s=redis_s,
+            redis_commands=redis_commands,
         )
 
     def since(self, earlier: Meter) -> Meter:
