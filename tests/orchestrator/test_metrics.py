@@ -304,7 +304,8 @@ def test_a_ratio_that_is_not_told_apart_yet_says_how_many_users_would(
 
     k = next(lift for lift in report.playbooks[0].lifts if lift.metric == "k_factor")
     assert k.verdict in ("not distinguishable yet", "lift")
-    assert k.users_needed is not None and k.users_needed > 1_000
+    assert k.users_needed is not None
+    assert k.users_needed > 1_000
 
 
 # --- planted populations -------------------------------------------------------------
