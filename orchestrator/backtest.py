@@ -29,6 +29,7 @@ budget from the replay's own sends.
 
 from __future__ import annotations
 
+import gzip
 import heapq
 import itertools
 import json
@@ -51,6 +52,7 @@ from orchestrator.engine import Engine, Retry
 from orchestrator.errors import UsageError
 from orchestrator.ledger import Entry, Outcome
 from orchestrator.loader import Catalog, LoadedPlaybook
+from orchestrator.metrics import export_files
 from orchestrator.model import Activation, Playbook, Workspace
 from orchestrator.problems import Problem, did_you_mean
 from orchestrator.state import Store
@@ -59,6 +61,8 @@ from orchestrator.units import Cap
 
 # A `time` above this counts milliseconds, as `referloop report` reads it.
 TIME_IN_MS_FROM = 1e11
+# How Amplitude's export writes `event_time` (UTC).
+AMPLITUDE_TIMES = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S")
 LATEST_TIME_S = 253_402_300_799  # 9999-12-31 23:59:59 UTC
 BAD_LINES_KEPT = 20
 PROGRESS_EVERY = 200
@@ -429,10 +433,17 @@ def _read(paths: Sequence[Path], interest: _Interest, result: Backtest) -> list[
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if raw.strip():
-                yield number, raw
+    """The lines of an export: a file of JSON lines, gzipped or not, or the zip
+    archive Amplitude's Export API answers (numbered across its files)."""
+    with export_files(path) as files:
+        number = 0
+        for name in files:
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(name, "rb") as lines:
+                for raw in lines:
+                    number += 1
+                    if raw.strip():
+                        yield number, raw
 
 
 def _count_bad(result: Backtest, bad: BadLine) -> None:
@@ -461,6 +472,8 @@ def _parse(raw: bytes, order: int) -> _Row:
         raise _Unreadable("not JSON") from exc
     if not isinstance(record, dict):
         raise _Unreadable("not a JSON object")
+    if "event_type" in record:
+        record = _from_amplitude(record)
     name, properties = record.get("event"), record.get("properties")
     if not isinstance(name, str) or not name.strip():
         raise _Unreadable("no `event` name")
@@ -470,6 +483,32 @@ def _parse(raw: bytes, order: int) -> _Row:
     user_id, time_ms = _user_of(properties), _time_ms_of(properties)
     event_id = _event_id(name, user_id, time_ms, properties.get("$insert_id"), order)
     return _Row(time_ms, order, name, user_id, event_id, properties)
+
+
+def _from_amplitude(record: dict[str, Any]) -> dict[str, Any]:
+    """An event of Amplitude's export in the shape of Mixpanel's: the event's
+    properties over the user's, `user_id` as `distinct_id`, `event_time` (UTC)
+    as seconds."""
+    properties: dict[str, Any] = {}
+    for part in ("user_properties", "event_properties"):
+        if isinstance(record.get(part), dict):
+            properties.update(record[part])
+    properties["distinct_id"] = record.get("user_id")
+    properties["time"] = _amplitude_seconds(record.get("event_time"))
+    properties["$insert_id"] = record.get("$insert_id")
+    return {"event": record.get("event_type"), "properties": properties}
+
+
+def _amplitude_seconds(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    for form in AMPLITUDE_TIMES:
+        try:
+            moment = datetime.strptime(value, form).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        return moment.timestamp()
+    return None
 
 
 def _slimmed(row: _Row, interest: _Interest) -> _Row:

@@ -1,7 +1,8 @@
 """Options that several commands share, spelt once so that they read the same.
 
 `--playbooks` names the folder of playbooks and its workspace file (or
-REFERLOOP_PLAYBOOKS); `--events` one or more Mixpanel raw exports.
+REFERLOOP_PLAYBOOKS); `--events` one or more raw exports, Mixpanel's or
+Amplitude's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any, TypeVar
 import click
 
 DEFAULT_PLAYBOOKS = Path("playbooks")
-EXPORT_HELP = "A Mixpanel raw export (JSON lines, the Export API's format); repeatable."
+EXPORT_HELP = (
+    "A raw export of Mixpanel's or Amplitude's Export API (JSON lines, gzipped "
+    "or not, or Amplitude's zip); repeatable."
+)
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 

@@ -156,7 +156,7 @@ def _fetch(
             err=True,
         )
         say("reading the export")
-        funnel.read_mixpanel_export(path, settings)
+        funnel.read_export(path, settings)
 
 
 @click.command("fetch-events")
@@ -205,7 +205,7 @@ def _read(
     if exports:
         for path in exports:
             say(f"reading {path.name}")
-            funnel.read_mixpanel_export(path, settings)
+            funnel.read_export(path, settings)
         return
     env = Settings.from_env()
     if env.is_embedded:

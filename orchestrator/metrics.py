@@ -33,8 +33,14 @@ exposed user is followed for the observation window from their first decision:
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -248,6 +254,17 @@ class Funnel:
         columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
         self.db.execute(f"CREATE TABLE funnel ({columns})")
 
+    def read_export(
+        self, path: Path, settings: MetricsSettings, form: str = "auto"
+    ) -> int:
+        """Add the events of a raw export, Mixpanel's or Amplitude's (`form`, or
+        told apart by the file's first event); return how many were kept."""
+        if form == "auto":
+            form = export_form(path)
+        if form == "amplitude":
+            return self.read_amplitude_export(path, settings)
+        return self.read_mixpanel_export(path, settings)
+
     def read_mixpanel_export(self, path: Path, settings: MetricsSettings) -> int:
         """Add the events of a Mixpanel raw export file; return how many were kept.
 
@@ -256,49 +273,75 @@ class Funnel:
         reads only the properties named here, straight into typed fields: a
         value of the wrong type (a `time` that is not a number) skips its line.
         """
+        struct = _quote(_struct(settings))
+        raw = f"""
+            SELECT event,
+                   to_timestamp(CASE WHEN properties.time > 1e11
+                                     THEN properties.time / 1000
+                                     ELSE properties.time END) AS moment,
+                   properties.distinct_id AS user_id,
+                   properties AS p, properties AS u
+            FROM read_json(?, format = 'newline_delimited', ignore_errors = true,
+                           columns = {{'event': 'VARCHAR', 'properties': '{struct}'}})
+        """  # noqa: S608 - the struct is quoted
+        return self._insert(raw, [str(path)], settings)
+
+    def read_amplitude_export(self, path: Path, settings: MetricsSettings) -> int:
+        """Add the events of an Amplitude raw export; return how many were kept.
+
+        `path` is a file of JSON lines (gzipped or not), or the zip archive the
+        Export API answers, whose files are read in turn. `event_time` is UTC;
+        the funnel's properties are read from `event_properties`, the account
+        and its segment from `user_properties` when the event does not say.
+        """
+        with export_files(path) as files:
+            struct = _quote(_struct(settings))
+            raw = f"""
+                SELECT event_type AS event,
+                       timezone('UTC', try_strptime(event_time,
+                           ['%Y-%m-%d %H:%M:%S.%f', '%Y-%m-%d %H:%M:%S'])) AS moment,
+                       user_id, event_properties AS p, user_properties AS u
+                FROM read_json(?, format = 'newline_delimited',
+                               ignore_errors = true,
+                               columns = {{'event_type': 'VARCHAR',
+                                          'user_id': 'VARCHAR',
+                                          'event_time': 'VARCHAR',
+                                          'event_properties': '{struct}',
+                                          'user_properties': '{struct}'}})
+            """  # noqa: S608 - the struct is quoted
+            return self._insert(raw, [files], settings)
+
+    def _insert(self, raw: str, params: list[Any], settings: MetricsSettings) -> int:
+        """Add to the funnel what `raw` reads (event, moment, user_id, and the
+        properties `p`, with `u` for the account's): the events the workspace
+        names, and any other that names the account's segment."""
         names = {**OWN_EVENTS, **settings.event_kinds()}
-        before = self.count()
         mapping = ", ".join(f"('{_quote(k)}', '{v}')" for k, v in names.items())
-        wanted = dict.fromkeys(
-            (
-                *OWN_PROPERTIES,
-                settings.account_property,
-                settings.referrer_property,
-                settings.segment_property,
-            )
-        )
-        struct = ", ".join(
-            f"{_field(name)} {'DOUBLE' if name in TIMES else 'VARCHAR'}"
-            for name in wanted
-        )
         account = _field(settings.account_property)
         referrer = _field(settings.referrer_property)
         segment = _field(settings.segment_property)
+        before = self.count()
         self.db.execute(
             f"""
             INSERT INTO funnel
-            WITH raw AS (
-              SELECT event, properties AS p
-              FROM read_json(?, format = 'newline_delimited', ignore_errors = true,
-                             columns = {{'event': 'VARCHAR',
-                                        'properties': '{_quote(f"STRUCT({struct})")}'}})
-            ),
+            WITH raw AS ({raw}),
             names(event, kind) AS (VALUES {mapping})
             SELECT
-              to_timestamp(CASE WHEN p.time > 1e11 THEN p.time / 1000 ELSE p.time END),
+              moment,
               coalesce(names.kind, '{SEGMENT_SEEN}'),
-              p.distinct_id,
-              coalesce(p.account_id, p.{account}),
+              user_id,
+              coalesce(p.account_id, p.{account}, u.account_id, u.{account}),
               p.{referrer},
               p.playbook, p.step, p.channel, p.variant, p.reason, p.trigger,
               to_timestamp(CASE WHEN p.trigger_time > 1e11 THEN p.trigger_time / 1000
                                 ELSE p.trigger_time END),
-              coalesce(p.account_segment, p.{segment})
+              coalesce(p.account_segment, p.{segment}, u.account_segment, u.{segment})
             FROM raw LEFT JOIN names USING (event)
-            WHERE (names.kind IS NOT NULL OR p.{segment} IS NOT NULL)
-              AND p.time IS NOT NULL AND p.distinct_id IS NOT NULL
-            """,  # noqa: S608 - names are quoted; the path is a parameter
-            [str(path)],
+            WHERE (names.kind IS NOT NULL OR p.{segment} IS NOT NULL
+                   OR u.{segment} IS NOT NULL)
+              AND moment IS NOT NULL AND user_id IS NOT NULL
+            """,  # noqa: S608 - names are quoted; paths are parameters
+            params,
         )
         return self.count() - before
 
@@ -676,6 +719,58 @@ def _plain(value: float) -> float | None:
 
 def _quote(text: str) -> str:
     return text.replace("'", "''")
+
+
+def export_form(path: Path) -> str:
+    """`amplitude` or `mixpanel`, by the first event of the file (or archive)."""
+    with export_files(path) as files:
+        for name in files:
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(name, "rt", encoding="utf-8", errors="replace") as lines:
+                for line in lines:
+                    try:
+                        first = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(first, dict):
+                        return "amplitude" if "event_type" in first else "mixpanel"
+    return "mixpanel"
+
+
+@contextmanager
+def export_files(path: Path) -> Iterator[list[str]]:
+    """The files of an export: the file itself, or an archive's files (Amplitude
+    answers a zip of gzipped files) unpacked into a private folder that is
+    removed afterwards."""
+    if not zipfile.is_zipfile(path):
+        yield [str(path)]
+        return
+    with tempfile.TemporaryDirectory(prefix="referloop-export-") as folder:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            for number, member in enumerate(members):
+                # Names inside an archive are not trusted as paths.
+                suffix = ".json.gz" if member.filename.endswith(".gz") else ".json"
+                target = Path(folder) / f"part-{number:05d}{suffix}"
+                with archive.open(member) as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+        yield sorted(str(p) for p in Path(folder).iterdir()) or [str(path)]
+
+
+def _struct(settings: MetricsSettings) -> str:
+    """The properties the funnel reads, as a DuckDB struct type."""
+    wanted = dict.fromkeys(
+        (
+            *OWN_PROPERTIES,
+            settings.account_property,
+            settings.referrer_property,
+            settings.segment_property,
+        )
+    )
+    fields = ", ".join(
+        f"{_field(name)} {'DOUBLE' if name in TIMES else 'VARCHAR'}" for name in wanted
+    )
+    return f"STRUCT({fields})"
 
 
 def _field(name: str) -> str:

@@ -127,6 +127,35 @@ def write_to(planted: Planted, seed: int, out: TextIO) -> int:
     return count
 
 
+def write_amplitude(planted: Planted, seed: int, path: Path) -> int:
+    """The same population's events as Amplitude's Export API writes them (one
+    JSON object a line); return how many."""
+    count = 0
+    with path.open("w", encoding="utf-8") as out:
+        for event in events(planted, seed):
+            out.write(json.dumps(as_amplitude(event), separators=(",", ":")))
+            out.write("\n")
+            count += 1
+    return count
+
+
+def as_amplitude(event: dict[str, Any]) -> dict[str, Any]:
+    """A Mixpanel-shaped export event in the shape of Amplitude's export:
+    `event_type`, `user_id`, `event_time` in UTC, `event_properties`."""
+    properties = dict(event["properties"])
+    at = datetime.fromtimestamp(properties.pop("time"), UTC)
+    user = properties.pop("distinct_id")
+    insert_id = properties.pop("$insert_id", None)
+    return {
+        "event_type": event["event"],
+        "user_id": user,
+        "event_time": at.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        "$insert_id": insert_id,
+        "event_properties": properties,
+        "user_properties": {},
+    }
+
+
 def _event(
     name: str, at: datetime, user: str, account: str, **properties: Any
 ) -> dict[str, Any]:

@@ -3,10 +3,12 @@ simulated clock, with the engine's own guardrails and nothing sent."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -530,6 +532,32 @@ def test_a_generated_export_replays_each_user_once_in_time_order(tmp_path: Path)
     assert decided == sorted(decided)
     assert all(d.send_at >= d.decided_at for d in result.decisions if d.send_at)
     assert result.bad == 0
+
+
+def test_an_amplitude_export_replays_as_the_same_mixpanel_one(tmp_path: Path):
+    """The same population exported in Amplitude's shape, gzipped inside a zip
+    as its Export API answers: the same decisions, at the same times."""
+    planted = population.Planted(users=200, weeks=2)
+    mixpanel_export = tmp_path / "population.jsonl"
+    population.write(planted, seed=9, path=mixpanel_export)
+    plain = tmp_path / "amplitude.json"
+    population.write_amplitude(planted, 9, plain)
+    archive = tmp_path / "amplitude.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(
+            "314/314_2026-09-07_9#0.json.gz", gzip.compress(plain.read_bytes())
+        )
+    folder = playbooks(tmp_path, playbook(trigger="event: Activated", holdout="10%"))
+
+    def decisions(path: Path) -> list[tuple[str, str, object]]:
+        replayed = backtest.replay(load([folder]), [path])
+        assert replayed.bad == 0
+        return sorted((d.user_id, d.outcome, d.decided_at) for d in replayed.decisions)
+
+    expected = decisions(mixpanel_export)
+    assert len(expected) == planted.users
+    assert decisions(archive) == expected
+    assert decisions(plain) == expected
 
 
 # --- what the report shows ------------------------------------------------------------

@@ -3,8 +3,10 @@ and on seeded synthetic populations whose planted parameters they must recover."
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,10 @@ from typing import Any
 import pytest
 
 from orchestrator import stats
-from orchestrator.metrics import Funnel, Report, compute
+from orchestrator.metrics import Funnel, Report, compute, export_form
 from orchestrator.model import MetricsEvents, MetricsSettings
-from simulator.population import Planted, write
+from orchestrator.report import as_dict
+from simulator.population import Planted, write, write_amplitude
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a Monday
 SETTINGS = MetricsSettings(events=MetricsEvents(user_activated="Activated"))
@@ -257,6 +260,37 @@ def test_accounts_are_sliced_by_their_segment(tmp_path: Path):
     assert segments["enterprise"].nudged.inviters == 1
     assert segments["team"].nudged.users == 2
     assert segments["unknown"].nudged.users == 1
+
+
+def test_an_amplitude_export_gives_the_same_report_as_mixpanels(tmp_path: Path):
+    """One population, exported in each vendor's shape (Amplitude's as the zip
+    of gzipped files its Export API answers): the same report, to the digit."""
+    planted = Planted(users=4_000)
+    mixpanel_export = tmp_path / "mixpanel.jsonl"
+    write(planted, 21, mixpanel_export)
+    amplitude_export = tmp_path / "amplitude.json"
+    write_amplitude(planted, 21, amplitude_export)
+    archive = tmp_path / "amplitude.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(
+            "314/314_2026-09-07_9#0.json.gz",
+            gzip.compress(amplitude_export.read_bytes()),
+        )
+
+    def report_dict(path: Path) -> dict[str, Any]:
+        funnel = Funnel()
+        try:
+            funnel.read_export(path, SETTINGS)
+            return as_dict(compute(funnel, SETTINGS))
+        finally:
+            funnel.close()
+
+    expected = report_dict(mixpanel_export)
+    assert expected["playbooks"][0]["nudged"]["users"] > 3_000
+    assert report_dict(amplitude_export) == expected
+    assert report_dict(archive) == expected
+    assert export_form(archive) == "amplitude"
+    assert export_form(mixpanel_export) == "mixpanel"
 
 
 # --- the statistics ---------------------------------------------------------------
