@@ -1,31 +1,49 @@
 """Which vendors this process speaks to, built from the workspace and the environment.
 
 Settings that are not secrets (regions, the Braze instance, the Mixpanel project,
-budgets) live in the workspace file, where a pull request reviews them; credentials
-come from the environment, never from a file. A vendor is configured when any of
-its credentials is set; a vendor half configured is reported by `referloop doctor`,
-and a worker leaves it out with a warning that names the settings missing.
+Amplitude's residency, budgets) live in the workspace file, where a pull request
+reviews them; credentials come from the environment, never from a file. A vendor
+is configured when any of its credentials is set; a vendor half configured is
+reported by `referloop doctor`, and a worker leaves it out with a warning that
+names the settings missing.
 
 `*_URL` variables replace a vendor's base URL, for a staging vendor or the
 simulator; production leaves them unset.
+
+Mixpanel and Amplitude both take referloop's events. With both configured (while
+a team moves from one to the other), every event goes to each; both dedupe by
+insert id, so an export that one of them could not take is sent to both again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from integrations import webhook
-from integrations.base import Check, CohortSource, EventSink, RewardTarget, Sender
+from integrations.amplitude import AmplitudeSink
+from integrations.base import (
+    Check,
+    CohortSource,
+    EventSink,
+    LoopEvent,
+    RewardTarget,
+    Sender,
+)
 from integrations.braze import BrazeSender
 from integrations.customerio import CustomerIOChannel
 from integrations.intercom import IntercomSender
 from integrations.mixpanel import DEFAULT_OUTPUT_PROPERTIES, MixpanelAdapter
 from integrations.mixpanel_export import MixpanelExport
 from integrations.webhook import WebhookChannel, WebhookRewards
-from orchestrator.errors import ConfigurationError, ReferloopError
+from orchestrator.errors import (
+    ConfigurationError,
+    PermanentError,
+    ReferloopError,
+    TransientError,
+)
 from orchestrator.model import Workspace
 from orchestrator.state import Store
 from orchestrator.units import Cap
@@ -97,6 +115,12 @@ SETTINGS: dict[str, VendorSettings] = {
             "MIXPANEL_ACCOUNT_PROPERTY",
         ),
     ),
+    "amplitude": VendorSettings(
+        "amplitude",
+        required=("AMPLITUDE_API_KEY",),
+        # The secret key is for the cohort API; uploading events needs none.
+        optional=("AMPLITUDE_SECRET_KEY", "AMPLITUDE_HTTP_URL"),
+    ),
     "webhook": VendorSettings(
         "webhook",
         required=("WEBHOOK_BASE_URL", "WEBHOOK_SECRETS"),
@@ -113,6 +137,7 @@ MAIN_BUDGETS = {
     "braze": "braze:messaging",
     "intercom": "intercom:api",
     "mixpanel": "mixpanel:query",
+    "amplitude": "amplitude:upload",
 }
 
 
@@ -121,13 +146,15 @@ class Vendors:
     """The adapters of the configured vendors, ready to use.
 
     `senders` by channel name, `sources` by cohort vendor (`mixpanel`), the
-    analytics `sink`, the product's `rewards`; `problems` names each vendor that
+    analytics `sinks` by vendor and the `sink` that records to all of them, the
+    product's `rewards`; `problems` names each vendor that
     is half configured, with what is missing.
     """
 
     senders: dict[str, Sender] = field(default_factory=dict)
     sources: dict[str, CohortSource] = field(default_factory=dict)
     sink: EventSink | None = None
+    sinks: dict[str, EventSink] = field(default_factory=dict)
     rewards: RewardTarget | None = None
     problems: dict[str, str] = field(default_factory=dict)
     _closers: list[Callable[[], None]] = field(default_factory=list)
@@ -141,9 +168,48 @@ class Vendors:
         found: dict[str, Any] = dict(self.senders)
         for source in self.sources.values():
             found.setdefault(source.name, source)
+        for sink in self.sinks.values():
+            found.setdefault(sink.name, sink)
         if self.rewards is not None:
             found.setdefault(self.rewards.name, self.rewards)
         return found
+
+    def add_sink(self, sink: EventSink) -> None:
+        """Take `sink` as an analytics sink, beside any other one."""
+        self.sinks[sink.name] = sink
+        found = list(self.sinks.values())
+        self.sink = found[0] if len(found) == 1 else EverySink(found)
+
+
+class EverySink:
+    """Records each batch of events to several sinks (Mixpanel and Amplitude).
+
+    Every sink is tried. A `TransientError` from any of them is raised once all
+    were tried, so the batch is exported again to all: each dedupes by insert id.
+    A `PermanentError` is raised only when every sink refused the batch; a
+    refusal by one while another took it is logged.
+    """
+
+    name: ClassVar[str] = "analytics"
+
+    def __init__(self, sinks: list[EventSink]) -> None:
+        self.sinks = sinks
+
+    def record(self, events: Sequence[LoopEvent]) -> None:
+        transient: TransientError | None = None
+        refused: list[PermanentError] = []
+        for sink in self.sinks:
+            try:
+                sink.record(events)
+            except TransientError as exc:
+                transient = transient or exc
+            except PermanentError as exc:
+                logger.warning("%s refused %d events: %s", sink.name, len(events), exc)
+                refused.append(exc)
+        if transient is not None:
+            raise transient
+        if len(refused) == len(self.sinks):
+            raise refused[0]
 
 
 def configured(env: Mapping[str, str]) -> list[str]:
@@ -278,8 +344,23 @@ def _mixpanel(
         **extra,
     )
     vendors.sources[adapter.name] = adapter
-    vendors.sink = adapter
+    vendors.add_sink(adapter)
     vendors._closers.append(adapter.close)
+
+
+def _amplitude(
+    vendors: Vendors, workspace: Workspace, env: Mapping[str, str], store: Store | None
+) -> None:
+    settings = workspace.vendors.amplitude
+    sink = AmplitudeSink(
+        env["AMPLITUDE_API_KEY"],
+        residency=settings.residency,
+        base_url=env.get("AMPLITUDE_HTTP_URL") or None,
+        store=store,
+        budgets=_budgets("amplitude", settings.budget, settings.budgets),
+    )
+    vendors.add_sink(sink)
+    vendors._closers.append(sink.close)
 
 
 def mixpanel_export(workspace: Workspace, env: Mapping[str, str]) -> MixpanelExport:
@@ -358,5 +439,6 @@ _BUILDERS: dict[
     "braze": _braze,
     "intercom": _intercom,
     "mixpanel": _mixpanel,
+    "amplitude": _amplitude,
     "webhook": _webhook,
 }

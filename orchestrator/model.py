@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from integrations import braze, customerio, mixpanel
+from integrations import amplitude, braze, customerio, mixpanel
 from integrations.braze import BrazeReference
 from integrations.customerio import CustomerIOReference
 from integrations.intercom import IntercomReference
@@ -642,6 +642,20 @@ class MixpanelSettings(_Strict):
     ] = _budgets_field("Mixpanel", mixpanel.DEFAULT_BUDGETS)
 
 
+class AmplitudeSettings(_Strict):
+    residency: Literal["us", "eu"] = Field(
+        "us", description="Where the Amplitude project keeps its data: `us` or `eu`."
+    )
+    budget: CapValue = Field(
+        default_factory=lambda: parse_cap("100 per 1s"),
+        description="Uploads of referloop's events (`amplitude:upload`).",
+    )
+    budgets: Annotated[
+        dict[str, CapValue],
+        AfterValidator(_known_budgets("Amplitude", amplitude.DEFAULT_BUDGETS)),
+    ] = _budgets_field("Amplitude", amplitude.DEFAULT_BUDGETS)
+
+
 class Vendors(_Strict):
     """Vendor settings that are not secrets; credentials come from the environment."""
 
@@ -649,6 +663,7 @@ class Vendors(_Strict):
     braze: BrazeSettings = Field(default_factory=BrazeSettings)
     intercom: IntercomSettings = Field(default_factory=IntercomSettings)
     mixpanel: MixpanelSettings = Field(default_factory=MixpanelSettings)
+    amplitude: AmplitudeSettings = Field(default_factory=AmplitudeSettings)
 
 
 class Fields(_Strict):

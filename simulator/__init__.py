@@ -1,8 +1,8 @@
 """A local stand-in for the vendors, answering over real HTTP on loopback.
 
 Tests and benchmarks point the adapters at it instead of Customer.io, Braze,
-Intercom and Mixpanel. Each vendor answers on its own path prefix with the
-vendor's paths, auth checks, bodies and rate limits; faults are switched on per
+Intercom, Mixpanel and Amplitude. Each vendor answers on its own path prefix with
+the vendor's paths, auth checks, bodies and rate limits; faults are switched on per
 test; every request is recorded so that tests assert on what went over the wire.
 """
 
@@ -19,13 +19,21 @@ from simulator.core import (
 
 def all_vendors() -> list[VendorSim]:
     """One simulated vendor of each kind referloop speaks to, freshly made."""
+    from simulator.amplitude import AmplitudeSim
     from simulator.braze import BrazeSim
     from simulator.customerio import CustomerIOSim
     from simulator.intercom import IntercomSim
     from simulator.mixpanel import MixpanelSim
     from simulator.product import ProductSim
 
-    return [CustomerIOSim(), BrazeSim(), IntercomSim(), MixpanelSim(), ProductSim()]
+    return [
+        CustomerIOSim(),
+        BrazeSim(),
+        IntercomSim(),
+        MixpanelSim(),
+        AmplitudeSim(),
+        ProductSim(),
+    ]
 
 
 __all__ = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from integrations.intercom import CONFORMANCE_TOKEN
 from integrations.webhook import CONFORMANCE_SECRET
-from simulator import braze, mixpanel
+from simulator import amplitude, braze, mixpanel
 from simulator.core import Simulator
 from simulator.customerio import CustomerIOSim
 
@@ -42,6 +42,11 @@ def vendor_env(sim: Simulator) -> dict[str, str]:
             "MIXPANEL_QUERY_URL": url,
             "MIXPANEL_INGESTION_URL": url,
             "MIXPANEL_EXPORT_URL": url,
+        }
+    if "amplitude" in sim.vendors:
+        env |= {
+            "AMPLITUDE_API_KEY": amplitude.API_KEY,
+            "AMPLITUDE_HTTP_URL": sim.url("amplitude"),
         }
     if "webhook" in sim.vendors:
         env |= {
