@@ -64,7 +64,9 @@ LOOP_EVENTS = (
     "collaboration_completed",
     "reward_granted",
 )
-COHORT_PATTERN = r"^(mixpanel|amplitude|file):[A-Za-z0-9_.-]+$"
+# An Amplitude cohort id is the letters and digits at the end of the cohort's
+# URL (`7khm89cz`); the webhook sends it as `cohort_id`.
+COHORT_PATTERN = r"^(mixpanel|file):[A-Za-z0-9_.-]+$|^amplitude:[A-Za-z0-9]+$"
 FIELD_PATTERN = r"^(event|user|account)\.[A-Za-z0-9_$][A-Za-z0-9_.$-]*$"
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 EVENT_PATTERN = r"^[A-Za-z0-9_$][A-Za-z0-9_ .:$-]{0,127}$"
@@ -72,7 +74,10 @@ CHANNEL_PATTERN = r"^[a-z][a-z0-9_]*$"
 REENTRY_PATTERN = r"(?i)^\s*(once|every[ _]time|always|after\s+\d+\s*[a-z]+)\s*$"
 # What to write instead, for a value that does not match its pattern.
 PATTERN_HINTS = {
-    COHORT_PATTERN: "write a cohort as `vendor:id`, e.g. `mixpanel:48213`",
+    COHORT_PATTERN: (
+        "write a cohort as `vendor:id`: `mixpanel:48213`, `amplitude:7khm89cz` "
+        "(letters and digits, as in the cohort's URL) or `file:<name>`"
+    ),
     FIELD_PATTERN: "write a field as `user.<name>`, `account.<name>` or `event.<name>`",
     ID_PATTERN: "use lower-case letters, digits and dashes, e.g. `pack-reviewers`",
     EVENT_PATTERN: "write the event's name as the product reports it",
@@ -105,8 +110,11 @@ CohortRef = Annotated[
     str,
     Field(
         pattern=COHORT_PATTERN,
-        description="A cohort as `vendor:id`, e.g. `mixpanel:48213`.",
-        examples=["mixpanel:48213"],
+        description=(
+            "A cohort as `vendor:id`: `mixpanel:48213`, `amplitude:7khm89cz` or "
+            "`file:<name>`."
+        ),
+        examples=["mixpanel:48213", "amplitude:7khm89cz"],
     ),
 ]
 EventName = Annotated[
@@ -210,7 +218,10 @@ class Trigger(_Strict):
     """What makes a user eligible: entering a cohort, or a product event."""
 
     cohort: CohortRef | None = Field(
-        None, description="Fire when a user enters this cohort (`mixpanel:<id>`)."
+        None,
+        description=(
+            "Fire when a user enters this cohort (`mixpanel:<id>` or `amplitude:<id>`)."
+        ),
     )
     event: EventName | None = Field(
         None, description="Fire when the product reports this event."
