@@ -53,7 +53,7 @@ from orchestrator.loader import Catalog, LoadedPlaybook
 from orchestrator.loop import Loop
 from orchestrator.model import Playbook, Workspace
 from orchestrator.occurrences import Occurrence, Occurrences
-from orchestrator.snapshots import Diff, Snapshots
+from orchestrator.snapshots import Change, Diff, Snapshots
 from orchestrator.state import Store
 from orchestrator.tokens import InviteSigner
 from orchestrator.units import Cap
@@ -290,6 +290,47 @@ class Engine:
             fired.append(occurrence.occurrence_id)
         decide(fired)
         return rejected
+
+    def apply_change(
+        self,
+        cohort: str,
+        change_id: str,
+        *,
+        entered: bool,
+        computed_ms: int,
+        members: Sequence[Member | Rejected],
+        decide: Callable[[list[str]], None],
+    ) -> Change:
+        """Apply a change a vendor pushed: these users entered, or left, the cohort.
+
+        Unlike `apply_push`, a change carries its own id and the time it was
+        computed (Amplitude's Cohort Webhook). Only users it moves are judged:
+        a user reported entering again, by the same change or a new one, fires
+        nothing new. The same change applied again hands its users on again,
+        with the same occurrence ids, so a change whose decisions were lost to
+        a crash is finished and one already decided changes nothing.
+        """
+        kept = {m.user_id: m for m in members if isinstance(m, Member)}
+        change = self.snapshots.apply_change(
+            cohort,
+            change_id,
+            entered=entered,
+            computed_ms=computed_ms,
+            user_ids=list(kept),
+        )
+        if not entered or not change.moved or not self.cohorts().get(cohort, False):
+            return change
+
+        at = self.clock()
+        found = [
+            occurrences.from_member(
+                cohort, change_id, kept.get(user_id) or Member(user_id), at
+            )
+            for user_id in change.moved
+        ]
+        self.occurrences.save_many(found)
+        decide([occurrence.occurrence_id for occurrence in found])
+        return change
 
     # --- decide ---------------------------------------------------------------
 

@@ -16,6 +16,10 @@ every key of a cohort lives in one slot and a script may touch them all:
     snapshot:{c}:entered:<id>     set: users in the snapshot and not in the last one
     snapshot:{c}:exited:<id>      set: users in the last snapshot and not in this one
     snapshot:{c}:diff:<id>        hash: the counts `complete` returned (RECORD_TTL_S)
+    snapshot:{c}:changed-at       hash: per user, when the last change applied was
+                                  computed (milliseconds)
+    snapshot:{c}:change:<id>      list: a marker, then the users a pushed change
+                                  moved (RECORD_TTL_S)
 
 Each snapshot takes a sequence number when its first page arrives. A snapshot
 begun before the current one (a `complete` redelivered late) is superseded: it
@@ -27,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from orchestrator.errors import ReferloopError
 from orchestrator.state import Store
@@ -92,6 +96,39 @@ redis.call('EXPIRE', KEYS[7], ARGV[3])
 return redis.call('HGETALL', KEYS[7])
 """
 
+# Move each user in or out of the current set, unless a later change about that
+# user was applied already; remember whom this change moved, under its id, so
+# that the same change applied again moves nobody and returns the same users.
+_APPLY_CHANGE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {0, redis.call('LRANGE', KEYS[3], 1, -1)}
+end
+local at = tonumber(ARGV[2])
+local moved = {}
+for index = 5, #ARGV do
+  local user = ARGV[index]
+  local last = redis.call('HGET', KEYS[2], user)
+  if not last or tonumber(last) <= at then
+    redis.call('HSET', KEYS[2], user, ARGV[2])
+    local changed
+    if ARGV[1] == '1' then
+      changed = redis.call('SADD', KEYS[1], user)
+    else
+      changed = redis.call('SREM', KEYS[1], user)
+    end
+    if changed == 1 then moved[#moved + 1] = user end
+  end
+end
+redis.call('RPUSH', KEYS[3], '')
+local chunk = tonumber(ARGV[4])
+for first = 1, #moved, chunk do
+  local last = math.min(first + chunk - 1, #moved)
+  redis.call('RPUSH', KEYS[3], unpack(moved, first, last))
+end
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return {1, moved}
+"""
+
 
 class UnknownSnapshotError(ReferloopError):
     """`complete` was asked for a snapshot that has no page, or has expired."""
@@ -112,6 +149,20 @@ class Diff:
     superseded: bool = False
 
 
+@dataclass(frozen=True)
+class Change:
+    """What a pushed change did: the users it moved in or out of the cohort.
+
+    `is_repeat` is True when this change was applied before: `moved` is then
+    what it moved the first time, and nothing changed now.
+    """
+
+    cohort: str
+    change_id: str
+    is_repeat: bool
+    moved: tuple[str, ...]
+
+
 class Snapshots:
     """Build, diff and read cohort snapshots; every operation is safe to repeat."""
 
@@ -119,6 +170,7 @@ class Snapshots:
         self.store = store
         self._add_page = store.redis.register_script(_ADD_PAGE)
         self._complete = store.redis.register_script(_COMPLETE)
+        self._apply_change = store.redis.register_script(_APPLY_CHANGE)
 
     def add_page(
         self, cohort: str, snapshot_id: str, page: int, user_ids: Sequence[str]
@@ -225,6 +277,48 @@ class Snapshots:
         if not user_ids:
             return 0
         return cast(int, self.store.redis.srem(self._key(cohort, "current"), *user_ids))
+
+    def apply_change(
+        self,
+        cohort: str,
+        change_id: str,
+        *,
+        entered: bool,
+        computed_ms: int,
+        user_ids: Sequence[str],
+    ) -> Change:
+        """Move users into (`entered`) or out of the current membership, once per
+        `change_id`, and return whom it moved.
+
+        Use it for a vendor that pushes who entered and who left, each change
+        with its own id and the time it was computed (Amplitude's Cohort
+        Webhook). A change about a user older than one already applied to that
+        user is ignored for that user, so a late retry cannot undo a newer one.
+        """
+        keys = [
+            self._key(cohort, "current"),
+            self._key(cohort, "changed-at"),
+            self._key(cohort, "change", change_id),
+        ]
+        unique = list(dict.fromkeys(user_ids))
+        args: list[str | int] = [
+            int(entered),
+            computed_ms,
+            RECORD_TTL_S,
+            SADD_CHUNK,
+            *unique,
+        ]
+        fresh, moved = cast(list[Any], self._apply_change(keys=keys, args=args))
+
+        change = Change(cohort, change_id, not fresh, tuple(moved))
+        logger.debug(
+            "Change %s of cohort %s moved %d users%s.",
+            change_id,
+            cohort,
+            len(change.moved),
+            " before" if change.is_repeat else "",
+        )
+        return change
 
     def is_member(self, cohort: str, user_id: str) -> bool:
         """True when the user is in the cohort's last completed snapshot."""
