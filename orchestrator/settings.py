@@ -46,6 +46,7 @@ class Settings:
     cohort_sync_user: str | None = None
     cohort_sync_password: str | None = None
     event_secrets: str | None = None
+    amplitude_cohort_secrets: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +76,9 @@ class Settings:
             cohort_sync_user=source.get("REFERLOOP_COHORT_SYNC_USER") or None,
             cohort_sync_password=source.get("REFERLOOP_COHORT_SYNC_PASSWORD") or None,
             event_secrets=source.get("REFERLOOP_EVENT_SECRETS") or None,
+            amplitude_cohort_secrets=(
+                source.get("REFERLOOP_AMPLITUDE_COHORT_SECRET") or None
+            ),
         )
 
     @property

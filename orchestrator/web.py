@@ -7,6 +7,12 @@
   snapshot and acknowledged at once; the diff and the decisions happen in
   workers. Mounted when `REFERLOOP_COHORT_SYNC_USER` and `_PASSWORD` are set.
 
+- `POST /webhooks/amplitude/cohorts`: Amplitude's Cohort Webhook destination, a
+  batch of users who entered or left a cohort, with a secret in a header the
+  customer sets on the destination. Each `message_id` is applied once; only
+  users it moves are judged, and the decisions happen in workers. Mounted when
+  `REFERLOOP_AMPLITUDE_COHORT_SECRET` is set.
+
 - `POST /events`: product events (a trigger such as "permissions set", or the
   invite events), one or a batch, signed with HMAC-SHA256 over timestamp and body
   (`Referloop-Signature`, as `integrations.webhook` signs), within a replay
@@ -40,6 +46,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from integrations import amplitude_cohort_webhook as amplitude
+from integrations.amplitude_cohort_webhook import (
+    CohortWebhookError,
+    CohortWebhookPage,
+    parse_cohort_webhook,
+)
 from integrations.base import ProductEvent, Rejected
 from integrations.filesource import read_event
 from integrations.mixpanel import (
@@ -56,6 +68,7 @@ from orchestrator.engine import Engine
 from orchestrator.errors import ConfigurationError
 from orchestrator.loader import load
 from orchestrator.settings import Settings, redis_client
+from orchestrator.snapshots import Change
 from orchestrator.state import Store
 from orchestrator.tokens import InviteSigner
 
@@ -64,6 +77,8 @@ logger = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 2.0
 COHORT_SYNC_PATH = "/webhooks/mixpanel/cohort-sync"
 EVENTS_PATH = "/events"
+AMPLITUDE_COHORTS_PATH = "/webhooks/amplitude/cohorts"
+DEFAULT_AMPLITUDE_HEADER = "Referloop-Amplitude-Secret"
 SIGNATURE_HEADER = "Referloop-Signature"
 # A signed request older or newer than this is refused, so a captured one cannot
 # be replayed later; within it, event ids make a replay change nothing.
@@ -76,6 +91,8 @@ WEB_REDIS_RETRIES = 2
 WEB_REDIS_TIMEOUT_S = 2.0
 # A page holds at most 1,000 members with a few properties each.
 MAX_SYNC_BYTES = 8 * 1024 * 1024
+# A batch of the Cohort Webhook holds users with up to 50 properties each.
+MAX_AMPLITUDE_BYTES = 8 * 1024 * 1024
 AMQP_PORT = 5672
 
 Probe = Callable[[], bool]
@@ -86,7 +103,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     routes = [Route("/health", _health(settings), methods=["GET"])]
     takes_sync = bool(settings.cohort_sync_user and settings.cohort_sync_password)
-    if not settings.event_secrets and not takes_sync:
+    takes_amplitude = bool(settings.amplitude_cohort_secrets)
+    if not settings.event_secrets and not takes_sync and not takes_amplitude:
         return Starlette(routes=routes)
 
     if settings.redis_url is None:
@@ -98,6 +116,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if takes_sync:
         receiver = CohortSyncReceiver.from_settings(settings, engine, declared)
         routes.append(Route(COHORT_SYNC_PATH, receiver.receive, methods=["POST"]))
+    if takes_amplitude:
+        amplitude_receiver = AmplitudeCohortReceiver.from_settings(
+            settings, engine, declared
+        )
+        routes.append(
+            Route(AMPLITUDE_COHORTS_PATH, amplitude_receiver.receive, methods=["POST"])
+        )
     return Starlette(routes=routes)
 
 
@@ -204,6 +229,105 @@ class CohortSyncReceiver:
         user_ok = hmac.compare_digest(given[0], self._credentials[0])
         password_ok = hmac.compare_digest(given[1], self._credentials[1])
         return user_ok and password_ok
+
+
+class AmplitudeCohortReceiver:
+    """Amplitude's Cohort Webhook: authenticated, validated, applied once, answered.
+
+    Amplitude retries a batch it has no answer to within a second or two, and
+    may send the batches of a sync in any order: each batch is applied in one
+    Redis script and its decisions are enqueued, never made here. A batch whose
+    `message_id` was applied before is answered 200 and changes nothing.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        declared: actors.Actors,
+        secrets: str,
+        header: str = DEFAULT_AMPLITUDE_HEADER,
+        account_property: str | None = amplitude.DEFAULT_ACCOUNT_PROPERTY,
+    ) -> None:
+        self.engine = engine
+        self.declared = declared
+        self._secrets = [item.encode() for item in secret_list(secrets)]
+        self.header = header
+        self.account_property = account_property
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, engine: Engine, declared: actors.Actors
+    ) -> AmplitudeCohortReceiver:
+        if not settings.amplitude_cohort_secrets:
+            raise ConfigurationError("set REFERLOOP_AMPLITUDE_COHORT_SECRET")
+        header = (
+            os.environ.get("REFERLOOP_AMPLITUDE_COHORT_HEADER")
+            or DEFAULT_AMPLITUDE_HEADER
+        )
+        account = (
+            os.environ.get("AMPLITUDE_ACCOUNT_PROPERTY")
+            or amplitude.DEFAULT_ACCOUNT_PROPERTY
+        )
+        return cls(engine, declared, settings.amplitude_cohort_secrets, header, account)
+
+    async def receive(self, request: Request) -> JSONResponse:
+        if not self._authorized(request.headers.get(self.header)):
+            return _refusal(f"the `{self.header}` header is missing or wrong", 401)
+        body = await _read_capped(request, MAX_AMPLITUDE_BYTES)
+        if body is None:
+            limit = MAX_AMPLITUDE_BYTES // (1024 * 1024)
+            return _refusal(f"the batch is larger than {limit} MB", 413)
+        try:
+            page = parse_cohort_webhook(body, account_property=self.account_property)
+        except CohortWebhookError as exc:
+            return _refusal(str(exc), 400)
+        try:
+            change = await run_in_threadpool(self._apply, page)
+        except (redis.RedisError, OSError):
+            logger.warning("Cohort webhook batch of %s not stored: Redis.", page.cohort)
+            return _refusal("referloop cannot store it now; send it again", 503)
+        return self._answer(page, change)
+
+    def _apply(self, page: CohortWebhookPage) -> Change:
+        return self.engine.apply_change(
+            page.cohort,
+            page.message_id,
+            entered=page.entered,
+            computed_ms=page.computed_ms,
+            members=page.members,
+            decide=self.declared.decide_all,
+        )
+
+    def _answer(self, page: CohortWebhookPage, change: Change) -> JSONResponse:
+        rejected = [m for m in page.members if isinstance(m, Rejected)]
+        direction = "entered" if page.entered else "left"
+        logger.info(
+            "Cohort webhook batch of %s: %d users %s%s, %d rejected.",
+            page.cohort,
+            len(change.moved),
+            direction,
+            " (a repeat; nothing changed)" if change.is_repeat else "",
+            len(rejected),
+        )
+        return JSONResponse(
+            {
+                "message_id": page.message_id,
+                "repeat": change.is_repeat,
+                direction: 0 if change.is_repeat else len(change.moved),
+                "rejected": [
+                    {"where": item.where, "reason": item.reason} for item in rejected
+                ],
+            }
+        )
+
+    def _authorized(self, given: str | None) -> bool:
+        if given is None:
+            return False
+        candidate = given.strip().encode()
+        # Every secret is compared, so the time taken says nothing of which
+        # one matched.
+        matches = [hmac.compare_digest(candidate, secret) for secret in self._secrets]
+        return any(matches)
 
 
 class EventsReceiver:

@@ -30,6 +30,7 @@ def test_an_amplitude_cohort_trigger_loads_as_a_mixpanel_one_does(
 def test_the_engine_names_amplitude_cohorts_that_trigger_gate_and_exclude(
     folder, minimal_playbook, store: Store
 ) -> None:
+    """Triggers, exclusions: the engine keeps a membership for each."""
     text = on_cohort(minimal_playbook, "amplitude:7khm89cz")
     text += "audience:\n  exclude: [amplitude:0x4Bq2, mixpanel:61002]\n"
     folder.playbook(text)
@@ -73,6 +74,7 @@ def test_a_malformed_amplitude_cohort_is_reported_at_its_line(
 def test_a_malformed_amplitude_exclusion_is_reported_at_its_line(
     folder, minimal_playbook
 ) -> None:
+    """An exclusion is checked as a trigger is."""
     text = minimal_playbook + "audience:\n  exclude:\n    - amplitude:no.dots\n"
     book = folder.playbook(text)
 
