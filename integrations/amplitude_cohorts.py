@@ -47,8 +47,8 @@ from integrations.http import (
 from orchestrator.budgets import Budget, Slots, vendor_caps
 from orchestrator.errors import (
     ConfigurationError,
+    NotDue,
     PermanentError,
-    ReferloopError,
     TransientError,
 )
 from orchestrator.state import Store
@@ -131,22 +131,6 @@ redis.call('HSET', KEYS[2], 'last_computed_ms', ARGV[1], 'request_id', '')
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
 return {'claimed', used + 1}
 """
-
-
-class NotDue(ReferloopError):
-    """A cohort is not downloaded now, and nothing was sent for it.
-
-    `reason` is `unchanged` (Amplitude has not recomputed it since the last
-    download) or `too_soon` (within the minimum interval); `retry_after_s`
-    says when a download may go, if ever sooner than the next recompute. The
-    current snapshot stands: the caller skips this reconciliation.
-    """
-
-    def __init__(self, cohort: str, reason: str, retry_after_s: float | None) -> None:
-        self.cohort = cohort
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-        super().__init__(f"{cohort} is not downloaded now: {reason}")
 
 
 @dataclass(frozen=True)

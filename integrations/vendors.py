@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from integrations import webhook
 from integrations.amplitude import AmplitudeSink
+from integrations.amplitude_cohorts import AmplitudeCohorts
 from integrations.base import (
     Check,
     CohortSource,
@@ -119,7 +120,12 @@ SETTINGS: dict[str, VendorSettings] = {
         "amplitude",
         required=("AMPLITUDE_API_KEY",),
         # The secret key is for the cohort API; uploading events needs none.
-        optional=("AMPLITUDE_SECRET_KEY", "AMPLITUDE_HTTP_URL"),
+        optional=(
+            "AMPLITUDE_SECRET_KEY",
+            "AMPLITUDE_HTTP_URL",
+            "AMPLITUDE_DASHBOARD_URL",
+            "AMPLITUDE_ACCOUNT_PROPERTY",
+        ),
     ),
     "webhook": VendorSettings(
         "webhook",
@@ -361,6 +367,22 @@ def _amplitude(
     )
     vendors.add_sink(sink)
     vendors._closers.append(sink.close)
+    if env.get("AMPLITUDE_SECRET_KEY") and store is not None:
+        # Cohorts come by webhook; a download now and then reconciles them.
+        extra: dict[str, Any] = {}
+        if env.get("AMPLITUDE_ACCOUNT_PROPERTY"):
+            extra["account_property"] = env["AMPLITUDE_ACCOUNT_PROPERTY"]
+        cohorts = AmplitudeCohorts(
+            env["AMPLITUDE_API_KEY"],
+            env["AMPLITUDE_SECRET_KEY"],
+            store,
+            residency=settings.residency,
+            base_url=env.get("AMPLITUDE_DASHBOARD_URL") or None,
+            properties=list(workspace.fields.user),
+            **extra,
+        )
+        vendors.sources[cohorts.name] = cohorts
+        vendors._closers.append(cohorts.close)
 
 
 def mixpanel_export(workspace: Workspace, env: Mapping[str, str]) -> MixpanelExport:

@@ -31,7 +31,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from orchestrator.engine import CHUNK_MAX, Engine, Retry
-from orchestrator.errors import TransientError
+from orchestrator.errors import NotDue, TransientError
 from orchestrator.rewards import GrantRetry
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,10 @@ def declare(broker: dramatiq.Broker) -> Actors:
     def poll(cohort: str, slot: str) -> None:
         try:
             _current().poll(cohort, slot, declared.decide_all)
+        except NotDue as exc:
+            # Nothing was asked of the vendor: the snapshot stands until a poll
+            # finds the cohort recomputed (Amplitude's downloads are few).
+            logger.info("Poll of %s skipped: %s.", cohort, exc.reason)
         except TransientError as exc:
             # The source asked for time (its budget, a 429): a planned retry,
             # after the wait it gave, not an error.

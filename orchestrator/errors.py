@@ -76,3 +76,19 @@ class PermanentError(VendorError):
 
 class AmbiguousError(VendorError):
     """The request went out and no answer came back: it may have been applied."""
+
+
+class NotDue(ReferloopError):
+    """A cohort is not downloaded now, and nothing was sent for it.
+
+    `reason` is `unchanged` (Amplitude has not recomputed it since the last
+    download) or `too_soon` (within the minimum interval); `retry_after_s`
+    says when a download may go, if ever sooner than the next recompute. The
+    current snapshot stands: the caller skips this reconciliation.
+    """
+
+    def __init__(self, cohort: str, reason: str, retry_after_s: float | None) -> None:
+        self.cohort = cohort
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{cohort} is not downloaded now: {reason}")

@@ -20,6 +20,7 @@ from simulator.core import (
 def all_vendors() -> list[VendorSim]:
     """One simulated vendor of each kind referloop speaks to, freshly made."""
     from simulator.amplitude import AmplitudeSim
+    from simulator.amplitude_cohorts import AmplitudeCohortsSim
     from simulator.braze import BrazeSim
     from simulator.customerio import CustomerIOSim
     from simulator.intercom import IntercomSim
@@ -32,6 +33,7 @@ def all_vendors() -> list[VendorSim]:
         IntercomSim(),
         MixpanelSim(),
         AmplitudeSim(),
+        AmplitudeCohortsSim(),
         ProductSim(),
     ]
 

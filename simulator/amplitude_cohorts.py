@@ -31,10 +31,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from simulator.amplitude import API_KEY
 from simulator.core import Limit, SimRequest, SimResponse, VendorSim
 
 # Made-up credentials, known only to the simulator and its tests.
-SIM_API_KEY = "amp-sim-api-key-0000"
+# The project's key is the one the simulated ingestion takes too.
+SIM_API_KEY = API_KEY
 SIM_SECRET_KEY = "amp-sim-secret-key-0000"  # noqa: S105
 REQUESTS_PER_10_MIN = 60
 AT_ONCE = 5

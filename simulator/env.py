@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from integrations.intercom import CONFORMANCE_TOKEN
 from integrations.webhook import CONFORMANCE_SECRET
-from simulator import amplitude, braze, mixpanel
+from simulator import amplitude, amplitude_cohorts, braze, mixpanel
 from simulator.core import Simulator
 from simulator.customerio import CustomerIOSim
 
@@ -47,6 +47,12 @@ def vendor_env(sim: Simulator) -> dict[str, str]:
         env |= {
             "AMPLITUDE_API_KEY": amplitude.API_KEY,
             "AMPLITUDE_HTTP_URL": sim.url("amplitude"),
+        }
+    if "amplitude-dashboard" in sim.vendors:
+        env |= {
+            "AMPLITUDE_API_KEY": amplitude.API_KEY,
+            "AMPLITUDE_SECRET_KEY": amplitude_cohorts.SIM_SECRET_KEY,
+            "AMPLITUDE_DASHBOARD_URL": sim.url("amplitude-dashboard"),
         }
     if "webhook" in sim.vendors:
         env |= {

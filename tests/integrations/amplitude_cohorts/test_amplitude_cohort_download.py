@@ -14,9 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from integrations.amplitude_cohorts import AmplitudeCohorts, NotDue
+from integrations.amplitude_cohorts import AmplitudeCohorts
 from integrations.base import CohortSource, Member, Rejected
-from orchestrator.errors import ConfigurationError, PermanentError, TransientError
+from orchestrator.errors import (
+    ConfigurationError,
+    NotDue,
+    PermanentError,
+    TransientError,
+)
 from simulator import Fault, Simulator
 from simulator.amplitude_cohorts import (
     SIM_API_KEY,
