@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal, cast
 
 import httpx
 
-from integrations.base import Member, Rejected
+from integrations.base import Check, Member, Rejected
 from integrations.http import (
     Call,
     VendorHttp,
@@ -50,6 +50,7 @@ from orchestrator.errors import (
     NotDue,
     PermanentError,
     TransientError,
+    VendorError,
 )
 from orchestrator.state import Store
 from orchestrator.units import Cap
@@ -216,6 +217,22 @@ class AmplitudeCohorts:
         self._http.close()
         self._polls.close()
         self._links.close()
+
+    def check(self) -> list[Check]:
+        """Say whether the secret key works, by listing the cohorts (read only;
+        one of the 60 requests Amplitude allows in 10 minutes)."""
+        what = "secret key (cohort downloads)"
+        try:
+            count = len(self.list_cohorts())
+        except PermanentError as exc:
+            detail = (
+                f"refused ({exc.status}): check AMPLITUDE_API_KEY, "
+                "AMPLITUDE_SECRET_KEY and `vendors.amplitude.residency`"
+            )
+            return [Check(VENDOR, what, ok=False, detail=detail)]
+        except VendorError as exc:
+            return [Check(VENDOR, what, ok=False, detail=f"unreachable: {exc}")]
+        return [Check(VENDOR, what, ok=True, detail=f"works ({count} cohorts)")]
 
     # --- the cohort list --------------------------------------------------------
 

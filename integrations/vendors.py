@@ -169,6 +169,18 @@ class Vendors:
         for close in self._closers:
             close()
 
+    def every_adapter(self) -> list[Any]:
+        """Every adapter built, once each, whatever its role or name: one vendor
+        may serve several roles through one adapter, or through several."""
+        return _unique(
+            [
+                *self.senders.values(),
+                *self.sources.values(),
+                *self.sinks.values(),
+                *([self.rewards] if self.rewards is not None else []),
+            ]
+        )
+
     def adapters(self) -> dict[str, Any]:
         """Every adapter built, by vendor name (a vendor may serve several roles)."""
         found: dict[str, Any] = dict(self.senders)
@@ -261,7 +273,7 @@ def checks(workspace: Workspace, env: Mapping[str, str]) -> list[Check]:
         built = Vendors()
         try:
             _BUILDERS[name](built, workspace, env, None)
-            for adapter in _unique(built.adapters().values()):
+            for adapter in built.every_adapter():
                 found += adapter.check()
         except ReferloopError as exc:
             found.append(Check(name, "settings", False, str(exc)))
@@ -367,15 +379,16 @@ def _amplitude(
     )
     vendors.add_sink(sink)
     vendors._closers.append(sink.close)
-    if env.get("AMPLITUDE_SECRET_KEY") and store is not None:
-        # Cohorts come by webhook; a download now and then reconciles them.
+    if env.get("AMPLITUDE_SECRET_KEY"):
+        # Cohorts come by webhook; a download now and then reconciles them. Its
+        # budgets are shared in Redis; `doctor`, with no Redis, counts alone.
         extra: dict[str, Any] = {}
         if env.get("AMPLITUDE_ACCOUNT_PROPERTY"):
             extra["account_property"] = env["AMPLITUDE_ACCOUNT_PROPERTY"]
         cohorts = AmplitudeCohorts(
             env["AMPLITUDE_API_KEY"],
             env["AMPLITUDE_SECRET_KEY"],
-            store,
+            store or Store.in_memory(),
             residency=settings.residency,
             base_url=env.get("AMPLITUDE_DASHBOARD_URL") or None,
             properties=list(workspace.fields.user),

@@ -8,6 +8,7 @@ adapters in `integrations` import too; import the rest from its module
 from orchestrator.errors import (
     AmbiguousError,
     ConfigurationError,
+    NotDue,
     PermanentError,
     PlaybookError,
     ReferloopError,
@@ -21,6 +22,7 @@ from orchestrator.problems import Position, Problem, Severity
 __all__ = [
     "AmbiguousError",
     "ConfigurationError",
+    "NotDue",
     "PermanentError",
     "PlaybookError",
     "Position",

@@ -105,6 +105,7 @@ def test_doctor_checks_the_key_with_an_upload_of_no_events(
     assert upload.json["events"] == []
     assert [(c["what"], c["ok"]) for c in checks] == [
         ("settings", True),
+        ("secret key (cohort downloads)", True),
         ("api key", True),
     ]
     assert kept.kept == {}
@@ -115,9 +116,24 @@ def test_doctor_names_the_setting_of_a_refused_key(everything: Simulator) -> Non
 
     checks = doctor(env)
 
-    [failed] = [c for c in checks if not c["ok"]]
-    assert "AMPLITUDE_API_KEY" in str(failed["detail"])
+    failed = [c for c in checks if not c["ok"]]
+    # The key is refused by the upload and by the cohort list alike.
+    assert [c["what"] for c in failed] == ["secret key (cohort downloads)", "api key"]
+    assert all("AMPLITUDE_API_KEY" in str(c["detail"]) for c in failed)
     assert "amp-wrong-key-7731" not in json.dumps(checks)
+
+
+def test_doctor_names_the_setting_of_a_refused_secret_key(
+    everything: Simulator,
+) -> None:
+    env = amplitude_only(everything) | {"AMPLITUDE_SECRET_KEY": "amp-wrong-secret-19"}
+
+    checks = doctor(env)
+
+    [failed] = [c for c in checks if not c["ok"]]
+    assert failed["what"] == "secret key (cohort downloads)"
+    assert "AMPLITUDE_SECRET_KEY" in str(failed["detail"])
+    assert "amp-wrong-secret-19" not in json.dumps(checks)
 
 
 def test_doctor_says_when_amplitude_is_unreachable() -> None:
