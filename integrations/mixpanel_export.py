@@ -35,11 +35,9 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -49,6 +47,7 @@ from typing import IO, Any, ClassVar
 import httpx
 import tenacity
 
+from integrations.export_file import ExportResult, cut_back, split_lines, staged
 from integrations.http import retry_after_of
 from integrations.mixpanel import VENDOR, Residency
 from orchestrator.errors import (
@@ -116,19 +115,6 @@ class DayRange:
     @property
     def days(self) -> int:
         return (self.last - self.first).days + 1
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What a download wrote: `events` lines in `chunks` chunks, with `requests`
-    queries (retries included); `skipped` lines that were not a JSON event and
-    `duplicates` left out."""
-
-    events: int
-    chunks: int
-    requests: int
-    skipped: int = 0
-    duplicates: int = 0
 
 
 @dataclass
@@ -241,7 +227,7 @@ class MixpanelExport:
         names = [events] if isinstance(events, str) else list(events)
         target = Path(path)
 
-        with _staged(target) as out:
+        with staged(target) as out:
             total, requests = _Counts(), 0
             for chunk in chunks:
                 counts, tries = self._fetch(chunk, names, out)
@@ -311,8 +297,7 @@ class MixpanelExport:
         self, chunk: DayRange, names: list[str], out: IO[bytes], start: int
     ) -> _Counts:
         # A try that failed may have written part of the chunk: cut it off.
-        out.seek(start)
-        out.truncate()
+        cut_back(out, start)
         self._pace.take()
 
         counts = _Counts()
@@ -468,7 +453,7 @@ def _write_events(pieces: Iterable[bytes], out: IO[bytes], counts: _Counts) -> N
     """Copy the JSON events of an answer to `out`, a line each, and count them,
     the lines skipped and the duplicates."""
     seen: set[bytes] = set()
-    for line in _lines(pieces):
+    for line in split_lines(pieces):
         record = line.strip()
         if not record:
             continue
@@ -484,20 +469,6 @@ def _write_events(pieces: Iterable[bytes], out: IO[bytes], counts: _Counts) -> N
             seen.add(key)
         out.write(record + b"\n")
         counts.events += 1
-
-
-def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a byte stream at newlines only.
-
-    Not `httpx.Response.iter_lines`: it splits as `str.splitlines` does, also
-    at U+2028 and other separators that JSON strings may hold unescaped.
-    """
-    rest = b""
-    for piece in pieces:
-        *whole, rest = (rest + piece).split(b"\n")
-        yield from whole
-    if rest:
-        yield rest
 
 
 def _event(record: bytes) -> dict[str, Any] | None:
@@ -549,30 +520,3 @@ def _log_retry(chunk: DayRange, state: tenacity.RetryCallState, attempts: int) -
         state.attempt_number + 1,
         attempts,
     )
-
-
-@contextmanager
-def _staged(target: Path) -> Iterator[IO[bytes]]:
-    """A hidden file beside `target` that takes its place only when complete.
-
-    It is created readable by its owner only (an export holds personal data);
-    on any error it is removed and `target` is left as it was.
-
-    Raises:
-        UsageError: nothing can be written beside `target`.
-    """
-    try:
-        handle, name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-        )
-    except OSError as exc:
-        raise UsageError(
-            f"cannot write the export to {target}: {exc.strerror}"
-        ) from None
-    staging = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            yield out
-        os.replace(staging, target)
-    finally:
-        staging.unlink(missing_ok=True)
