@@ -16,7 +16,13 @@ What it does, as Amplitude documents it:
   `propKeys`) through a 302 to a signed link on another path of this server
   (`/files/...`), which refuses a request carrying credentials, as a storage
   host does; with `redirect` off it answers the CSV itself;
-- 60 download requests in any 10 minutes and 5 calls at once (429 beyond).
+- 60 download requests in any 10 minutes and 5 calls at once (429 beyond);
+- `GET /api/2/export?start=YYYYMMDDTHH&end=YYYYMMDDTHH` answers the events a
+  test seeds (`seed_export`) of those hours, both included, as Amplitude's
+  Export API does: a zip archive holding one gzipped JSON lines file per hour
+  with events, named `<project>/<project>_<day>_<hour>#0.json.gz`; 404 when no
+  hour has events; 400 for a malformed hour, `end` before `start`, more than
+  365 days, or more than `export_limit` events (the 4 GB limit, made small).
 """
 
 from __future__ import annotations
@@ -24,11 +30,17 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import gzip
 import io
 import itertools
+import json
 import secrets
-from collections.abc import Callable, Mapping
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 from simulator.amplitude import API_KEY
@@ -42,6 +54,10 @@ REQUESTS_PER_10_MIN = 60
 AT_ONCE = 5
 FILES = "/files/"
 REQUEST = "/api/5/cohorts/request/"
+EXPORT = "/api/2/export"
+SIM_PROJECT = 314159
+HOUR_FORMAT = "%Y%m%dT%H"
+MAX_EXPORT_DAYS = 365
 
 
 @dataclass
@@ -84,6 +100,8 @@ class AmplitudeCohortsSim(VendorSim):
         self.polls_before_done = 0
         self.redirect = True
         self.downloads = 0
+        self.export_events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.export_limit: int | None = None
         self._jobs: dict[str, _Job] = {}
         self._links: dict[str, str] = {}
         self._numbers = itertools.count(1)
@@ -96,13 +114,23 @@ class AmplitudeCohortsSim(VendorSim):
             self.raw_csv.clear()
             self._jobs.clear()
             self._links.clear()
+            self.export_events.clear()
             self.downloads = 0
         self.polls_before_done = 0
+        self.export_limit = None
         self.redirect = True
 
     def seed(self, cohort: SimCohort) -> None:
         with self.lock:
             self.cohorts[cohort.cohort_id] = cohort
+
+    def seed_export(self, events: Iterable[dict[str, Any]] | Path) -> None:
+        """Add events for the Export API to answer: dicts in its shape, or a
+        JSON lines file of them. Each goes to the hour of its `event_time`."""
+        given = _read_lines(events) if isinstance(events, Path) else list(events)
+        with self.lock:
+            for event in given:
+                self.export_events[_hour_of(event)].append(event)
 
     def routes(self) -> dict[tuple[str, str], Callable[..., SimResponse]]:
         return {
@@ -111,6 +139,7 @@ class AmplitudeCohortsSim(VendorSim):
             ("GET", "/api/5/cohorts/request-status/{request_id}"): self._status,
             ("GET", REQUEST + "{request_id}/file"): self._file,
             ("GET", FILES + "{token}"): self._link,
+            ("GET", EXPORT): self._export,
         }
 
     # --- auth and limits ----------------------------------------------------
@@ -198,6 +227,75 @@ class AmplitudeCohortsSim(VendorSim):
         if job is None or request.param("signature") != token[::-1]:
             return SimResponse(403, raw=b"<Error><Code>AccessDenied</Code></Error>")
         return _csv_answer(job.csv)
+
+    def _export(self, request: SimRequest) -> SimResponse:
+        hours = _hours_asked(request)
+        if isinstance(hours, str):
+            return SimResponse(400, {"error": hours})
+        with self.lock:
+            found = {hour: list(self.export_events.get(hour, ())) for hour in hours}
+        found = {hour: events for hour, events in found.items() if events}
+        if not found:
+            return SimResponse(404, {"error": "Raw data files were not found."})
+        total = sum(len(events) for events in found.values())
+        if self.export_limit is not None and total > self.export_limit:
+            return SimResponse(
+                400,
+                {
+                    "error": "The file size of the exported data "
+                    "is too large. Shorten the time ranges and "
+                    "try again. The limit size is 4GB."
+                },
+            )
+        return SimResponse(
+            200, raw=_archive(found), headers={"Content-Type": "application/zip"}
+        )
+
+
+def _hours_asked(request: SimRequest) -> list[str] | str:
+    """The hours from `start` to `end`, both included, or why they are wrong."""
+    try:
+        start = datetime.strptime(request.param("start") or "", HOUR_FORMAT)
+        end = datetime.strptime(request.param("end") or "", HOUR_FORMAT)
+    except ValueError:
+        return "start and end must be hours, as YYYYMMDDTHH"
+    if end < start:
+        return "end must not be before start"
+    if end - start >= timedelta(days=MAX_EXPORT_DAYS):
+        return f"the range must be at most {MAX_EXPORT_DAYS} days"
+    count = int((end - start) / timedelta(hours=1)) + 1
+    moments = (start + timedelta(hours=n) for n in range(count))
+    return [moment.strftime(HOUR_FORMAT) for moment in moments]
+
+
+def _hour_of(event: dict[str, Any]) -> str:
+    moment = datetime.strptime(str(event["event_time"])[:13], "%Y-%m-%d %H")
+    return moment.strftime(HOUR_FORMAT)
+
+
+def _archive(found: dict[str, list[dict[str, Any]]]) -> bytes:
+    """A zip of one gzipped JSON lines file per hour, as the Export API sends."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for hour, events in sorted(found.items()):
+            moment = datetime.strptime(hour, HOUR_FORMAT)
+            name = f"{SIM_PROJECT}/{SIM_PROJECT}_{moment:%Y-%m-%d_%-H}#0.json.gz"
+            text = "".join(json.dumps(event) + "\n" for event in events)
+            archive.writestr(name, gzip.compress(text.encode("utf-8")))
+    return buffer.getvalue()
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    found = []
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+    return found
 
 
 def _basic(request: SimRequest) -> tuple[str, str] | None:
