@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from integrations import webhook
 from integrations.amplitude import AmplitudeSink
 from integrations.amplitude_cohorts import AmplitudeCohorts
+from integrations.amplitude_export import AmplitudeExport
 from integrations.base import (
     Check,
     CohortSource,
@@ -420,6 +421,30 @@ def mixpanel_export(workspace: Workspace, env: Mapping[str, str]) -> MixpanelExp
         _mixpanel_project(workspace, env),
         residency=workspace.vendors.mixpanel.residency,
         export_url=env.get("MIXPANEL_EXPORT_URL") or None,
+    )
+
+
+def amplitude_export(workspace: Workspace, env: Mapping[str, str]) -> AmplitudeExport:
+    """Amplitude's raw event export, set up from the same settings as the
+    worker's cohort downloads: the project's keys from `env`, the residency from
+    the workspace, and AMPLITUDE_DASHBOARD_URL in place of the residency's host.
+
+    Close it when done, or use it as a context manager.
+
+    Raises:
+        ConfigurationError: a key is missing; the message names it.
+    """
+    keys = ("AMPLITUDE_API_KEY", "AMPLITUDE_SECRET_KEY")
+    missing = [name for name in keys if not env.get(name)]
+    if missing:
+        raise ConfigurationError(
+            "the Amplitude export needs the project's keys: set " + ", ".join(missing)
+        )
+    return AmplitudeExport(
+        env["AMPLITUDE_API_KEY"],
+        env["AMPLITUDE_SECRET_KEY"],
+        residency=workspace.vendors.amplitude.residency,
+        base_url=env.get("AMPLITUDE_DASHBOARD_URL") or None,
     )
 
 
