@@ -18,7 +18,8 @@ What it does, as Amplitude documents it:
   host does; with `redirect` off it answers the CSV itself;
 - 60 download requests in any 10 minutes and 5 calls at once (429 beyond);
 - `GET /api/2/export?start=YYYYMMDDTHH&end=YYYYMMDDTHH` answers the events a
-  test seeds (`seed_export`) of those hours, both included, as Amplitude's
+  test seeds (`seed_export`) received in those hours (`server_upload_time`,
+  else `event_time`), both included, as Amplitude's
   Export API does: a zip archive holding one gzipped JSON lines file per hour
   with events, named `<project>/<project>_<day>_<hour>#0.json.gz`; 404 when no
   hour has events; 400 for a malformed hour, `end` before `start`, more than
@@ -269,7 +270,9 @@ def _hours_asked(request: SimRequest) -> list[str] | str:
 
 
 def _hour_of(event: dict[str, Any]) -> str:
-    moment = datetime.strptime(str(event["event_time"])[:13], "%Y-%m-%d %H")
+    """The hour Amplitude took the event in, which is the hour it exports it in."""
+    taken = event.get("server_upload_time") or event["event_time"]
+    moment = datetime.strptime(str(taken)[:13], "%Y-%m-%d %H")
     return moment.strftime(HOUR_FORMAT)
 
 
