@@ -70,9 +70,10 @@ HOUR_FORMAT = "%Y%m%dT%H"
 
 # A day of a B2B product's events is a chunk that is cheap to fetch again.
 CHUNK_DAYS = 1
-# "The maximum time range you can query at once is 365 days."
+# Amplitude's Export API answers at most a year of hours per query.
 MAX_CHUNK_DAYS = 365
-# "Data is available to export ... about two hours after" Amplitude takes it.
+# Events reach the export about two hours after Amplitude's servers take them
+# (the Export API's documented delay; its reports have none).
 LANDING_DELAY = timedelta(hours=2)
 
 CHUNK_ATTEMPTS = 5
@@ -387,7 +388,8 @@ class AmplitudeExport:
         elif status == 400:
             message = (
                 f"{where}: refused (400): one hour's events are over the 4 GB an "
-                "export may hold; ask Amplitude for that hour another way"
+                "export may hold; export that hour with Amplitude's Amazon S3 "
+                "export instead"
             )
         else:
             message = f"{where}: refused ({status})"

@@ -237,6 +237,7 @@ def test_an_hour_too_large_to_export_is_refused_with_what_it_means(
 
     assert caught.value.status == 400
     assert "05:00 to 2026-11-01 05:59" in str(caught.value)
+    assert "Amazon S3 export" in str(caught.value)
     assert leftovers(tmp_path) == []
 
 
