@@ -45,3 +45,15 @@ def export_files() -> Callable[[Command], Command]:
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help=EXPORT_HELP,
     )
+
+
+def vendor_option() -> Callable[[Command], Command]:
+    """`--vendor auto|mixpanel|amplitude`: whose raw export to fetch."""
+    return click.option(
+        "--vendor",
+        type=click.Choice(["auto", "mixpanel", "amplitude"]),
+        default="auto",
+        show_default=True,
+        help="Whose export to fetch; auto: Mixpanel when its service account is "
+        "set, else Amplitude when its secret key is.",
+    )

@@ -24,16 +24,18 @@ import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from integrations.vendors import mixpanel_export
+from integrations.export_file import ExportResult
+from integrations.vendors import amplitude_export, mixpanel_export
 from orchestrator import metrics
 from orchestrator import report as reports
-from orchestrator.cli_options import export_files, playbooks_folder
+from orchestrator.cli_options import export_files, playbooks_folder, vendor_option
 from orchestrator.loader import load
 from orchestrator.model import MetricsSettings, Workspace
 from orchestrator.settings import Settings
 from orchestrator.state import Store
 
 EXIT_USAGE = 2
+VENDOR_NAMES = {"mixpanel": "Mixpanel", "amplitude": "Amplitude"}
 
 # Piped to a file, tables keep their rows whole rather than fit 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -59,6 +61,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Keep the fetched export in this file (JSON lines), to report on again.",
 )
+@vendor_option()
 @playbooks_folder(
     "The folder whose workspace file says how to read the events (`metrics:`)."
 )
@@ -86,6 +89,7 @@ def report(
     from_date: datetime | None,
     to_date: datetime | None,
     keep: Path | None,
+    vendor: str,
     folder: Path,
     dimensions: tuple[str, ...],
     output: str,
@@ -116,7 +120,7 @@ def report(
                 progress.update(task, description=what)
 
             if fetch is not None:
-                _fetch(funnel, catalog.workspace, fetch, keep, say)
+                _fetch(funnel, catalog.workspace, vendor, fetch, keep, say)
             _read(funnel, exports, settings, say, fetched=fetch is not None)
             result = metrics.compute(
                 funnel,
@@ -137,6 +141,7 @@ def report(
 def _fetch(
     funnel: metrics.Funnel,
     workspace: Workspace,
+    vendor: str,
     days: tuple[date, date],
     keep: Path | None,
     say: Callable[[str], None],
@@ -145,13 +150,13 @@ def _fetch(
     into `keep` or a private temporary file, and read it."""
     settings = workspace.metrics
     names = sorted({*metrics.OWN_EVENTS, *settings.event_kinds()})
-    say(f"fetching Mixpanel's export, {days[0]} to {days[1]}")
+    say(f"fetching the export, {days[0]} to {days[1]}")
     with tempfile.TemporaryDirectory(prefix="referloop-export-") as folder:
         path = keep or Path(folder) / "export.jsonl"
-        with mixpanel_export(workspace, os.environ) as export:
-            fetched = export.download(path, days[0], days[1], events=names)
+        chosen = _chosen(vendor)
+        fetched = _download(workspace, chosen, path, days, names)
         click.echo(
-            f"Fetched {fetched.events:,} events from Mixpanel in "
+            f"Fetched {fetched.events:,} events from {VENDOR_NAMES[chosen]} in "
             f"{fetched.chunks} requests" + (f"; kept in {keep}." if keep else "."),
             err=True,
         )
@@ -169,27 +174,57 @@ def _fetch(
     multiple=True,
     help="Only this event (repeatable); every event when none is given.",
 )
+@vendor_option()
 @playbooks_folder(
-    "The folder whose workspace file names the Mixpanel project and residency."
+    "The folder whose workspace file names the project and its residency."
 )
 def fetch_events(
     target: Path,
     from_date: datetime,
     to_date: datetime,
     names: tuple[str, ...],
+    vendor: str,
     folder: Path,
 ) -> None:
-    """Fetch Mixpanel's raw export of some days into TARGET, for `report` and
-    `backtest --events` (UTC days, both included)."""
+    """Fetch Mixpanel's or Amplitude's raw export of some days into TARGET, for
+    `report` and `backtest --events` (UTC days, both included)."""
     workspace = load([folder]).workspace
-    with mixpanel_export(workspace, os.environ) as export:
-        fetched = export.download(
-            target, from_date.date(), to_date.date(), events=sorted(set(names))
-        )
+    chosen = _chosen(vendor)
+    if chosen == "amplitude" and names:
+        _usage("Amplitude's export cannot be filtered by event: leave out --event")
+    days = (from_date.date(), to_date.date())
+    fetched = _download(workspace, chosen, target, days, sorted(set(names)))
     click.echo(
-        f"Fetched {fetched.events:,} events from Mixpanel in {fetched.chunks} "
-        f"requests into {target}."
+        f"Fetched {fetched.events:,} events from {VENDOR_NAMES[chosen]} in "
+        f"{fetched.chunks} requests into {target}."
     )
+
+
+def _download(
+    workspace: Workspace,
+    vendor: str,
+    path: Path,
+    days: tuple[date, date],
+    names: list[str],
+) -> ExportResult:
+    """Fetch `days` of `vendor`'s raw export into `path`; Mixpanel's only the
+    events `names` (all when empty), Amplitude's whole (it has no filter)."""
+    if vendor == "amplitude":
+        with amplitude_export(workspace, os.environ) as amplitude:
+            return amplitude.download(path, days[0], days[1])
+    with mixpanel_export(workspace, os.environ) as mixpanel:
+        return mixpanel.download(path, days[0], days[1], events=names)
+
+
+def _chosen(vendor: str) -> str:
+    """`vendor`, or for `auto` the one whose export credentials are set."""
+    if vendor != "auto":
+        return vendor
+    if not os.environ.get("MIXPANEL_SERVICE_ACCOUNT") and os.environ.get(
+        "AMPLITUDE_SECRET_KEY"
+    ):
+        return "amplitude"
+    return "mixpanel"
 
 
 def _read(

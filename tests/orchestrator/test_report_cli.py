@@ -15,8 +15,10 @@ from typing import cast
 
 from orchestrator.state import Store
 from simulator import Simulator
+from simulator.amplitude_cohorts import AmplitudeCohortsSim
 from simulator.env import vendor_env
 from simulator.mixpanel import MixpanelSim
+from simulator.population import as_amplitude
 from tests.orchestrator.loop_rig import make_rig
 from tests.orchestrator.test_metrics import export, small_dataset
 
@@ -176,3 +178,33 @@ def test_fetch_events_writes_the_export_a_backtest_reads(tmp_path: Path):
     lines = [json.loads(line) for line in target.read_text().splitlines()]
     assert {line["event"] for line in lines} == {"invite_sent"}
     assert len(lines) == 4
+
+
+def test_a_report_of_an_export_fetched_from_amplitude(tmp_path: Path):
+    """With only Amplitude's keys set, --from and --to fetch Amplitude's export,
+    which reports as the same events exported by Mixpanel do."""
+    path = export(tmp_path / "e.jsonl", small_dataset())
+    events = [as_amplitude(json.loads(line)) for line in path.read_text().splitlines()]
+    with Simulator([AmplitudeCohortsSim()]) as sim:
+        cast(AmplitudeCohortsSim, sim.vendor("amplitude-dashboard")).seed_export(events)
+        env = _env(**vendor_env(sim))
+        days = ("--from", "2026-10-20", "--to", "2026-11-30")
+
+        result = _referloop("report", *days, "--format", "json", env=env)
+        filtered = _referloop(
+            "fetch-events",
+            str(tmp_path / "f.jsonl"),
+            *days,
+            "--vendor",
+            "amplitude",
+            "--event",
+            "invite_sent",
+            env=env,
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert "from Amplitude" in result.stderr
+    (playbook,) = json.loads(result.stdout)["playbooks"]
+    assert playbook["nudged"]["k_factor"] == 0.25
+    assert filtered.returncode == 2
+    assert "leave out --event" in filtered.stderr
