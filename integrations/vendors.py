@@ -393,6 +393,8 @@ def _amplitude(
             residency=settings.residency,
             base_url=env.get("AMPLITUDE_DASHBOARD_URL") or None,
             properties=list(workspace.fields.user),
+            min_interval=settings.download_every,
+            monthly_downloads=settings.downloads_per_month,
             **extra,
         )
         vendors.sources[cohorts.name] = cohorts

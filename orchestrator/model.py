@@ -665,6 +665,18 @@ class AmplitudeSettings(_Strict):
         dict[str, CapValue],
         AfterValidator(_known_budgets("Amplitude", amplitude.DEFAULT_BUDGETS)),
     ] = _budgets_field("Amplitude", amplitude.DEFAULT_BUDGETS)
+    download_every: Duration = Field(
+        default=timedelta(hours=6),
+        description="At most one download of a cohort in this long, to reconcile "
+        "it (and only when Amplitude recomputed it since the last one).",
+    )
+    downloads_per_month: int = Field(
+        500,
+        ge=0,
+        le=500,
+        description="Cohort downloads a month, for every cohort and worker; "
+        "Amplitude allows a project 500. Lower it when other tools download too.",
+    )
 
 
 class Vendors(_Strict):

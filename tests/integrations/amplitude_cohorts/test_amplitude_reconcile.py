@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -13,6 +14,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
+from integrations.amplitude_cohorts import AmplitudeCohorts
 from integrations.vendors import build
 from orchestrator import actors
 from orchestrator.engine import Engine
@@ -93,3 +95,37 @@ def test_a_poll_downloads_a_cohort_once_until_amplitude_recomputes_it(
     skipped = [r.message for r in caplog.records if "skipped" in r.message]
     assert len(skipped) == 2
     assert all("unchanged" in message for message in skipped)
+
+
+def test_the_workspace_sets_how_often_and_how_many_downloads(
+    sim: Simulator, store: Store, tmp_path: Path
+) -> None:
+    workspace = WORKSPACE + (
+        "vendors:\n  amplitude:\n    download_every: 1d\n    downloads_per_month: 40\n"
+    )
+    (tmp_path / "referloop.yaml").write_text(workspace)
+    catalog = load([tmp_path])
+    assert not catalog.has_errors, catalog.problems
+
+    vendors = build(catalog.workspace, vendor_env(sim), store)
+    try:
+        source = cast(AmplitudeCohorts, vendors.sources["amplitude"])
+        assert source.min_interval == timedelta(days=1)
+        assert source.monthly_downloads == 40
+    finally:
+        vendors.close()
+
+
+def test_more_downloads_than_amplitude_allows_is_refused_at_its_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "referloop.yaml").write_text(
+        WORKSPACE + "vendors:\n  amplitude:\n    downloads_per_month: 900\n"
+    )
+
+    catalog = load([tmp_path])
+
+    [problem] = catalog.problems
+    assert problem.position is not None
+    assert problem.position.line == 6
+    assert "500" in problem.message
