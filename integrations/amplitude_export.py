@@ -48,12 +48,14 @@ from types import TracebackType
 from typing import IO, ClassVar
 
 import httpx
-import tenacity
 
 from integrations.amplitude_cohorts import URLS, VENDOR, Residency
 from integrations.export_file import (
+    ChunkFailed,
     ExportResult,
+    chunk_retrying,
     cut_back,
+    gave_up,
     hidden_beside,
     split_lines,
     staged,
@@ -78,7 +80,6 @@ LANDING_DELAY = timedelta(hours=2)
 
 CHUNK_ATTEMPTS = 5
 BACKOFF_S = 1.0
-MAX_BACKOFF_S = 30.0
 # The longest wait, for a 429's Retry-After, taken in this thread; a longer
 # one ends the export with a TransientError saying when to export again.
 MAX_WAIT_S = 120.0
@@ -123,18 +124,6 @@ class HourRange:
 class _Counts:
     events: int = 0
     skipped: int = 0
-
-
-class _Again(Exception):
-    """A chunk failed in a way that asking again may mend."""
-
-    def __init__(
-        self, reason: str, *, retry_after_s: float | None = None, lines: int = 0
-    ) -> None:
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-        self.lines = lines
-        super().__init__(reason)
 
 
 class _TooLarge(Exception):
@@ -288,22 +277,13 @@ class AmplitudeExport:
             _TooLarge: Amplitude would not export the chunk whole.
         """
         start = out.tell()
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception_type(_Again),
-            before_sleep=lambda state: _log_retry(chunk, state, self.attempts),
-            reraise=True,
+        retrying = chunk_retrying(
+            "Amplitude", chunk, self.attempts, self.backoff_s, logger
         )
         try:
             counts: _Counts = retrying(self._attempt, chunk, out, start, scratch)
-        except _Again as exc:
-            raise TransientError(
-                VENDOR,
-                f"{WHERE} of {chunk}: {exc.reason}, {self.attempts} times; "
-                "export again later",
-                retry_after_s=exc.retry_after_s,
-            ) from None
+        except ChunkFailed as exc:
+            raise gave_up(VENDOR, WHERE, chunk, self.attempts, exc) from None
         except _TooLarge:
             tries = retrying.statistics.get("attempt_number", 1)
             logger.info(
@@ -332,9 +312,11 @@ class AmplitudeExport:
             if self._receive(chunk, scratch):
                 _unpack(scratch, out, counts)
         except _DROPPED as exc:
-            raise _Again(type(exc).__name__, lines=counts.events) from None
+            raise ChunkFailed(type(exc).__name__, lines=counts.events) from None
         except _UNREADABLE:
-            raise _Again("the archive was unreadable", lines=counts.events) from None
+            raise ChunkFailed(
+                "the archive was unreadable", lines=counts.events
+            ) from None
         return counts
 
     def _receive(self, chunk: HourRange, scratch: Path) -> bool:
@@ -373,7 +355,7 @@ class AmplitudeExport:
                 "export again after that",
                 retry_after_s=wait_s,
             )
-        raise _Again(reason, retry_after_s=wait_s)
+        raise ChunkFailed(reason, retry_after_s=wait_s)
 
     def _refusal(self, status: int, chunk: HourRange) -> PermanentError:
         """What a 4xx other than 404, 408 and 429 means, and what to change."""
@@ -394,16 +376,6 @@ class AmplitudeExport:
         else:
             message = f"{where}: refused ({status})"
         return PermanentError(VENDOR, message, status)
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        """The wait a 429 or 503 asked for, else a jittered exponential backoff."""
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, _Again) and error.retry_after_s is not None:
-            return error.retry_after_s
-        backoff = tenacity.wait_random_exponential(
-            multiplier=self.backoff_s, max=MAX_BACKOFF_S
-        )
-        return float(backoff(state))
 
 
 def hour_ranges(
@@ -469,21 +441,4 @@ def _is_event(record: bytes) -> bool:
 def _added(total: _Counts, counts: _Counts) -> _Counts:
     return _Counts(
         events=total.events + counts.events, skipped=total.skipped + counts.skipped
-    )
-
-
-def _log_retry(chunk: HourRange, state: tenacity.RetryCallState, attempts: int) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    reason = error.reason if isinstance(error, _Again) else "failed"
-    lines = error.lines if isinstance(error, _Again) else 0
-    wait_s = state.next_action.sleep if state.next_action else 0.0
-    logger.info(
-        "Amplitude export of %s: %s; %d lines of it dropped, asking again in "
-        "%.1f s (attempt %d of %d).",
-        chunk,
-        reason,
-        lines,
-        wait_s,
-        state.attempt_number + 1,
-        attempts,
     )

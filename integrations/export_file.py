@@ -1,12 +1,17 @@
-"""What the raw event exports share: the file they write and how they count it.
+"""What the raw event exports share: the file they write, how they count it, and
+how they ask again for a chunk that failed.
 
 An export is written to a hidden `.part` file beside its target and takes the
 target's place only when every chunk is in (`staged`); answers are split into
-lines at newlines only (`split_lines`); a download reports an `ExportResult`.
+lines at newlines only (`split_lines`); a chunk that failed in a way that asking
+again may mend (`ChunkFailed`) is asked again by `chunk_retrying`, after the wait
+the vendor asked for or a jittered backoff, and given up as a `TransientError`
+(`gave_up`); a download reports an `ExportResult`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -15,7 +20,80 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from orchestrator.errors import UsageError
+import tenacity
+
+from orchestrator.errors import TransientError, UsageError
+
+# The longest backoff between two tries of a chunk, when the vendor asked none.
+MAX_BACKOFF_S = 30.0
+
+
+class ChunkFailed(Exception):
+    """A chunk failed in a way that asking again may mend: `reason` says how,
+    `retry_after_s` is the wait the vendor asked for, `lines` what was dropped."""
+
+    def __init__(
+        self, reason: str, *, retry_after_s: float | None = None, lines: int = 0
+    ) -> None:
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        self.lines = lines
+        super().__init__(reason)
+
+
+def chunk_retrying(
+    vendor: str,
+    chunk: object,
+    attempts: int,
+    backoff_s: float,
+    log_to: logging.Logger,
+) -> tenacity.Retrying:
+    """Up to `attempts` tries of `chunk` while it fails with `ChunkFailed`; each
+    retry is logged to `log_to` (the vendor's logger) with what it dropped and
+    how long it waits."""
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, ChunkFailed) and error.retry_after_s is not None:
+            return error.retry_after_s
+        backoff = tenacity.wait_random_exponential(
+            multiplier=backoff_s, max=MAX_BACKOFF_S
+        )
+        return float(backoff(state))
+
+    def log(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        failed = error if isinstance(error, ChunkFailed) else None
+        log_to.info(
+            "%s export of %s: %s; %d lines of it dropped, asking again in "
+            "%.1f s (attempt %d of %d).",
+            vendor,
+            chunk,
+            failed.reason if failed else "failed",
+            failed.lines if failed else 0,
+            state.next_action.sleep if state.next_action else 0.0,
+            state.attempt_number + 1,
+            attempts,
+        )
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=wait,
+        retry=tenacity.retry_if_exception_type(ChunkFailed),
+        before_sleep=log,
+        reraise=True,
+    )
+
+
+def gave_up(
+    vendor: str, where: str, chunk: object, attempts: int, failed: ChunkFailed
+) -> TransientError:
+    """The error of a chunk that failed every try: export again later."""
+    return TransientError(
+        vendor,
+        f"{where} of {chunk}: {failed.reason}, {attempts} times; export again later",
+        retry_after_s=failed.retry_after_s,
+    )
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,16 @@ from types import TracebackType
 from typing import IO, Any, ClassVar
 
 import httpx
-import tenacity
 
-from integrations.export_file import ExportResult, cut_back, split_lines, staged
+from integrations.export_file import (
+    ChunkFailed,
+    ExportResult,
+    chunk_retrying,
+    cut_back,
+    gave_up,
+    split_lines,
+    staged,
+)
 from integrations.http import retry_after_of
 from integrations.mixpanel import VENDOR, Residency
 from orchestrator.errors import (
@@ -82,7 +89,6 @@ PACE_MARGIN_S = 0.05
 
 CHUNK_ATTEMPTS = 5
 BACKOFF_S = 1.0
-MAX_BACKOFF_S = 30.0
 # The longest wait, for a 429's Retry-After or the hourly limit, taken in this
 # thread; a longer one ends the export with a TransientError saying when to
 # export again.
@@ -122,18 +128,6 @@ class _Counts:
     events: int = 0
     skipped: int = 0
     duplicates: int = 0
-
-
-class _Again(Exception):
-    """A chunk failed in a way that asking again may mend."""
-
-    def __init__(
-        self, reason: str, *, retry_after_s: float | None = None, lines: int = 0
-    ) -> None:
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-        self.lines = lines
-        super().__init__(reason)
 
 
 class MixpanelExport:
@@ -266,22 +260,13 @@ class MixpanelExport:
             What was written, and how many queries it took.
         """
         start = out.tell()
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception_type(_Again),
-            before_sleep=lambda state: _log_retry(chunk, state, self.attempts),
-            reraise=True,
+        retrying = chunk_retrying(
+            "Mixpanel", chunk, self.attempts, self.backoff_s, logger
         )
         try:
             counts: _Counts = retrying(self._attempt, chunk, names, out, start)
-        except _Again as exc:
-            raise TransientError(
-                VENDOR,
-                f"{WHERE} of {chunk}: {exc.reason}, {self.attempts} times; "
-                "export again later",
-                retry_after_s=exc.retry_after_s,
-            ) from None
+        except ChunkFailed as exc:
+            raise gave_up(VENDOR, WHERE, chunk, self.attempts, exc) from None
         tries = retrying.statistics.get("attempt_number", 1)
 
         logger.info(
@@ -309,7 +294,7 @@ class MixpanelExport:
                 self._judge(response, chunk)
                 _write_events(response.iter_bytes(), out, counts)
         except _DROPPED as exc:
-            raise _Again(type(exc).__name__, lines=counts.events) from None
+            raise ChunkFailed(type(exc).__name__, lines=counts.events) from None
         return counts
 
     def _params(self, chunk: DayRange, names: list[str]) -> dict[str, str]:
@@ -339,17 +324,7 @@ class MixpanelExport:
                 "export again after that",
                 retry_after_s=wait_s,
             )
-        raise _Again(reason, retry_after_s=wait_s)
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        """The wait a 429 or 503 asked for, else a jittered exponential backoff."""
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, _Again) and error.retry_after_s is not None:
-            return error.retry_after_s
-        backoff = tenacity.wait_random_exponential(
-            multiplier=self.backoff_s, max=MAX_BACKOFF_S
-        )
-        return float(backoff(state))
+        raise ChunkFailed(reason, retry_after_s=wait_s)
 
 
 class _Pace:
@@ -502,21 +477,4 @@ def _added(total: _Counts, counts: _Counts) -> _Counts:
         events=total.events + counts.events,
         skipped=total.skipped + counts.skipped,
         duplicates=total.duplicates + counts.duplicates,
-    )
-
-
-def _log_retry(chunk: DayRange, state: tenacity.RetryCallState, attempts: int) -> None:
-    error = state.outcome.exception() if state.outcome else None
-    reason = error.reason if isinstance(error, _Again) else "failed"
-    lines = error.lines if isinstance(error, _Again) else 0
-    wait_s = state.next_action.sleep if state.next_action else 0.0
-    logger.info(
-        "Mixpanel export of %s: %s; %d lines of it dropped, asking again in "
-        "%.1f s (attempt %d of %d).",
-        chunk,
-        reason,
-        lines,
-        wait_s,
-        state.attempt_number + 1,
-        attempts,
     )
