@@ -44,7 +44,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import IO, ClassVar
 
 import httpx
@@ -52,6 +51,7 @@ import httpx
 from integrations.amplitude_cohorts import URLS, VENDOR, Residency
 from integrations.export_file import (
     ChunkFailed,
+    ExportClient,
     ExportResult,
     chunk_retrying,
     cut_back,
@@ -135,7 +135,7 @@ class _TooLarge(Exception):
         super().__init__("too large")
 
 
-class AmplitudeExport:
+class AmplitudeExport(ExportClient):
     """Download Amplitude's raw events of a range of days into a JSON lines file.
 
     `api_key` and `secret_key` are the project's; `residency` picks the host and
@@ -161,36 +161,20 @@ class AmplitudeExport:
         transport: httpx.BaseTransport | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if not 1 <= chunk_days <= MAX_CHUNK_DAYS or attempts < 1:
-            raise ValueError("chunk_days must be 1 to 365, attempts 1 or more")
-        self.residency = residency
-        self.chunk_days = chunk_days
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self.max_wait_s = max_wait_s
-        self.base_url = (base_url or EXPORT_URLS[residency]).rstrip("/")
-        self._clock = clock or (lambda: datetime.now(UTC))
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            auth=(api_key, secret_key),
+        if not 1 <= chunk_days <= MAX_CHUNK_DAYS:
+            raise ValueError("chunk_days must be 1 to 365")
+        super().__init__(
+            base_url or EXPORT_URLS[residency],
+            (api_key, secret_key),
+            attempts=attempts,
+            backoff_s=backoff_s,
+            max_wait_s=max_wait_s,
             timeout=timeout or EXPORT_TIMEOUT,
             transport=transport,
-            follow_redirects=False,
         )
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> AmplitudeExport:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
+        self.residency = residency
+        self.chunk_days = chunk_days
+        self._clock = clock or (lambda: datetime.now(UTC))
 
     def download(
         self, path: str | Path, from_date: date, to_date: date

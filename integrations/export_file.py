@@ -18,8 +18,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Self
 
+import httpx
 import tenacity
 
 from orchestrator.errors import TransientError, UsageError
@@ -165,3 +167,48 @@ def hidden_beside(target: Path, suffix: str) -> Path:
         ) from None
     os.close(handle)
     return Path(name)
+
+
+class ExportClient:
+    """What both exports' clients hold: how often a chunk is tried and how long
+    it may wait, and one HTTP client on the export's host, closed with the
+    client (use it as a context manager)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: tuple[str, str],
+        *,
+        attempts: int,
+        backoff_s: float,
+        max_wait_s: float,
+        timeout: httpx.Timeout,
+        transport: httpx.BaseTransport | None,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be 1 or more")
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.max_wait_s = max_wait_s
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            auth=auth,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()

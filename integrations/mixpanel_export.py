@@ -41,13 +41,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, ClassVar
 
 import httpx
 
 from integrations.export_file import (
     ChunkFailed,
+    ExportClient,
     ExportResult,
     chunk_retrying,
     cut_back,
@@ -130,7 +130,7 @@ class _Counts:
     duplicates: int = 0
 
 
-class MixpanelExport:
+class MixpanelExport(ExportClient):
     """Download Mixpanel's raw events of a date range into a JSON lines file.
 
     `username` and `secret` are a service account's, `project_id` the project
@@ -156,36 +156,20 @@ class MixpanelExport:
         timeout: httpx.Timeout | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if chunk_days < 1 or attempts < 1:
-            raise ValueError("chunk_days and attempts must be 1 or more")
-        self.project_id = project_id
-        self.chunk_days = chunk_days
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self.max_wait_s = max_wait_s
-        self.base_url = (export_url or EXPORT_URLS[residency]).rstrip("/")
-        self._pace = _Pace(max_wait_s)
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            auth=(username, secret),
+        if chunk_days < 1:
+            raise ValueError("chunk_days must be 1 or more")
+        super().__init__(
+            export_url or EXPORT_URLS[residency],
+            (username, secret),
+            attempts=attempts,
+            backoff_s=backoff_s,
+            max_wait_s=max_wait_s,
             timeout=timeout or EXPORT_TIMEOUT,
             transport=transport,
-            follow_redirects=False,
         )
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> MixpanelExport:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
+        self.project_id = project_id
+        self.chunk_days = chunk_days
+        self._pace = _Pace(max_wait_s)
 
     def download(
         self,
