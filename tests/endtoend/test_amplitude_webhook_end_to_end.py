@@ -173,8 +173,15 @@ def test_three_syncs_with_retries_and_duplicates_nudge_each_entrant_once(
         Sync(entered=members(30, 40), left=members(0, 5), computed_s=COMPUTED_S + 60),
         Sync(entered=members(0, 3) + members(40, 45), computed_s=COMPUTED_S + 120),
     ]
+    # What the ledger holds once each sync is decided: Amplitude's syncs come a
+    # minute or more apart, so each is decided before the next arrives.
+    stages = [
+        Counter({(f"user-{n}", "sent"): 1 for n in range(30)}),
+        Counter({(f"user-{n}", "sent"): 1 for n in range(40)}),
+    ]
     expected = Counter({(f"user-{n}", "sent"): 1 for n in range(45)})
     expected.update({(f"user-{n}", "held"): 1 for n in range(3)})
+    stages.append(expected)
     worker = start_worker(settings, outbox, log)
 
     # When: Amplitude sends the three syncs, with duplicates, shuffled.
@@ -194,10 +201,13 @@ def test_three_syncs_with_retries_and_duplicates_nudge_each_entrant_once(
             with CohortWebhookSender(
                 target, header, SECRET, COHORT_ID, **options
             ) as amplitude:
-                attempts = amplitude.send_all(syncs)
+                attempts = []
+                for sync, stage in zip(syncs, stages, strict=True):
+                    attempts += amplitude.send(sync)
+                    decided = wait_until(lambda s=stage: outcomes(ledger) == s, 45)
+                    assert decided, log.read_text()
                 batches = {a.message_id for a in attempts}
                 delivered = amplitude.delivered()
-        assert wait_until(lambda: outcomes(ledger) == expected, 45), log.read_text()
         # Anything more would be a second nudge arriving late.
         time.sleep(1.0)
         settled = outcomes(ledger)
